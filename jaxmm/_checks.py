@@ -1,0 +1,124 @@
+"""Input checks shared by the public functions.
+
+Every check runs on shapes alone, at trace time, before any computation is staged. The exception
+types are the ones ``jnp.matmul`` and ``lax.dot_general`` raise for the same mistake, so code that
+catches JAX's errors catches ours; the messages name the offending shapes and dimensions.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DotDimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
+
+_SCALAR_TYPES = (bool, int, float, complex, np.generic)
+
+
+def as_array(x: Any, name: str, position: int) -> jax.Array:
+    """``x`` as a JAX array, or the TypeError JAX raises for a value that is not an array.
+
+    Python lists and tuples are refused as ``jnp.matmul`` refuses them: silently turning a nested
+    list into an array hides bugs (and costs a host-to-device copy per call).
+    """
+    if isinstance(x, (jax.Array, np.ndarray, *_SCALAR_TYPES)) or hasattr(x, "__jax_array__"):
+        return jnp.asarray(x)
+    raise TypeError(
+        f"{name} requires array or scalar arguments, got {type(x).__name__} at position {position}."
+    )
+
+
+def _as_dims(dims: Any, what: str) -> tuple[int, ...]:
+    """A tuple of Python ints from an int or a sequence of ints (lists, tuples, NumPy ints)."""
+    try:
+        if isinstance(dims, (int, np.integer)):
+            return (operator.index(dims),)
+        return tuple(operator.index(d) for d in dims)
+    except TypeError:
+        raise TypeError(f"dot_general {what} must be a sequence of ints, got {dims!r}.") from None
+
+
+def canonicalize_dimension_numbers(dimension_numbers: Any) -> DotDimensionNumbers:
+    """``((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))`` as tuples of ints."""
+    try:
+        (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    except (TypeError, ValueError):
+        raise TypeError(
+            "dot_general dimension_numbers must be "
+            "((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch)), "
+            f"got {dimension_numbers!r}."
+        ) from None
+    return (
+        (_as_dims(lhs_contract, "lhs_contracting"), _as_dims(rhs_contract, "rhs_contracting")),
+        (_as_dims(lhs_batch, "lhs_batch"), _as_dims(rhs_batch, "rhs_batch")),
+    )
+
+
+def _check_operand_dims(side: str, shape: Sequence[int], contract: tuple[int, ...], batch: tuple[int, ...]) -> None:
+    ndim = len(shape)
+    bad = [d for d in contract + batch if not 0 <= d < ndim]
+    if bad:
+        raise TypeError(
+            f"dot_general {side} dimension numbers must be nonnegative and less than the rank of "
+            f"{side}: {side} has shape {tuple(shape)} (rank {ndim}), got {side}_contracting "
+            f"{contract} and {side}_batch {batch}; out of range: {tuple(bad)}."
+        )
+    for what, dims in (("contracting", contract), ("batch", batch)):
+        if len(set(dims)) != len(dims):
+            raise TypeError(f"dot_general {side}_{what} dimensions must be distinct, got {dims}.")
+    overlap = sorted(set(contract) & set(batch))
+    if overlap:
+        raise TypeError(
+            f"dot_general {side} batch dimensions must be disjoint from its contracting "
+            f"dimensions, got {side}_batch {batch} and {side}_contracting {contract} "
+            f"(both contain {tuple(overlap)})."
+        )
+
+
+def check_dot_general(
+    lhs_shape: Sequence[int], rhs_shape: Sequence[int], dimension_numbers: DotDimensionNumbers
+) -> None:
+    """Raise TypeError, as ``lax.dot_general`` does, unless the dimension numbers fit the shapes."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    for what, lhs_dims, rhs_dims in (
+        ("contracting", lhs_contract, rhs_contract),
+        ("batch", lhs_batch, rhs_batch),
+    ):
+        if len(lhs_dims) != len(rhs_dims):
+            raise TypeError(
+                f"dot_general requires equal numbers of lhs_{what} and rhs_{what} dimensions, "
+                f"got lhs_{what} {lhs_dims} and rhs_{what} {rhs_dims}."
+            )
+    _check_operand_dims("lhs", lhs_shape, lhs_contract, lhs_batch)
+    _check_operand_dims("rhs", rhs_shape, rhs_contract, rhs_batch)
+    for what, lhs_dims, rhs_dims in (
+        ("contracting", lhs_contract, rhs_contract),
+        ("batch", lhs_batch, rhs_batch),
+    ):
+        lhs_sizes = tuple(lhs_shape[d] for d in lhs_dims)
+        rhs_sizes = tuple(rhs_shape[d] for d in rhs_dims)
+        if lhs_sizes != rhs_sizes:
+            raise TypeError(
+                f"dot_general requires {what} dimensions of equal sizes: lhs of shape "
+                f"{tuple(lhs_shape)} has {what} dims {lhs_dims} of sizes {lhs_sizes}, rhs of "
+                f"shape {tuple(rhs_shape)} has {what} dims {rhs_dims} of sizes {rhs_sizes}."
+            )
+
+
+def canonicalize_preferred_element_type(dtype: Any) -> np.dtype | None:
+    """``None``, or the dtype JAX would compute in (float64 becomes float32 without x64)."""
+    if dtype is None:
+        return None
+    return jax.dtypes.canonicalize_dtype(np.dtype(dtype))
+
+
+def canonicalize_precision(precision: Any) -> Any:
+    """Lists become tuples, so that the precision can be a static (hashable) argument."""
+    if isinstance(precision, list):
+        return tuple(precision)
+    return precision

@@ -1,0 +1,24 @@
+import os
+
+import jax
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Strict about silent broadcasting of ranks: jaxmm must never lean on it.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# In CI the drawn cases are fixed (a red run must be reproducible); locally they vary per run.
+settings.register_profile(
+    "jaxmm",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=bool(os.environ.get("CI")),
+)
+settings.load_profile("jaxmm")
+
+
+@pytest.fixture
+def rng():
+    import numpy as np
+
+    return np.random.default_rng(0)
