@@ -17,7 +17,8 @@ def main() -> None:
     ours = jax.grad(loss(jaxmm.matmul), argnums=(0, 1))(x, w)
     theirs = jax.grad(loss(jnp.matmul), argnums=(0, 1))(x, w)
     for name, a, b in zip(("dX = dY Wᵀ", "dW = Xᵀ dY"), ours, theirs):
-        print(f"{name}\n jaxmm:\n{a}\n jax.grad(jnp.matmul):\n{b}\n max |diff| = {jnp.abs(a - b).max()}\n")
+        print(f"{name}\n jaxmm:\n{a}\n jax.grad(jnp.matmul):\n{b}")
+        print(f" max |diff| = {jnp.abs(a - b).max()}\n")
 
 
 if __name__ == "__main__":

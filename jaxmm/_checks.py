@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DotDimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
+DotDimensionNumbers = tuple[
+    tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]
+]
 
 _SCALAR_TYPES = (bool, int, float, complex, np.generic)
 
@@ -45,10 +47,16 @@ def _as_dims(dims: Any, what: str) -> tuple[int, ...]:
 
 def canonicalize_dimension_numbers(dimension_numbers: Any) -> DotDimensionNumbers:
     """``((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))`` as tuples of ints."""
+    if dimension_numbers is None:
+        raise TypeError(
+            "dot_general requires dimension_numbers "
+            "((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch)), got None."
+        )
     try:
         (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
     except (TypeError, ValueError):
-        raise TypeError(
+        # A sequence of the wrong length is a ValueError in lax.dot_general too.
+        raise ValueError(
             "dot_general dimension_numbers must be "
             "((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch)), "
             f"got {dimension_numbers!r}."
@@ -59,7 +67,9 @@ def canonicalize_dimension_numbers(dimension_numbers: Any) -> DotDimensionNumber
     )
 
 
-def _check_operand_dims(side: str, shape: Sequence[int], contract: tuple[int, ...], batch: tuple[int, ...]) -> None:
+def _check_operand_dims(
+    side: str, shape: Sequence[int], contract: tuple[int, ...], batch: tuple[int, ...]
+) -> None:
     ndim = len(shape)
     bad = [d for d in contract + batch if not 0 <= d < ndim]
     if bad:

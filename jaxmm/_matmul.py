@@ -2,9 +2,10 @@
 
 The 2-D derivation (the seed note, for ``Y = W X``)
 -------------------------------------------------
-``Y[a, b] = Σ_c W[a, c] X[c, b]``. By the chain rule, ``dX[i, j] = Σ_{a, b} dY[a, b] ∂Y[a, b]/∂X[i, j]``.
-``Y[a, b]`` reads column ``b`` of ``X`` only, so every term with ``b ≠ j`` is zero; in
-``Y[a, j] = … + W[a, i] X[i, j] + …`` the one term holding ``X[i, j]`` has derivative ``W[a, i]``.
+``Y[a, b] = Σ_c W[a, c] X[c, b]``. By the chain rule,
+``dX[i, j] = Σ_{a, b} dY[a, b] ∂Y[a, b]/∂X[i, j]``. ``Y[a, b]`` reads column ``b`` of ``X`` only,
+so every term with ``b ≠ j`` is zero; in ``Y[a, j] = … + W[a, i] X[i, j] + …`` the one term
+holding ``X[i, j]`` has derivative ``W[a, i]``.
 Hence ``dX[i, j] = Σ_a W[a, i] dY[a, j] = (Wᵀ dY)[i, j]``, and in the same way
 ``dW[i, j] = Σ_b dY[i, b] X[j, b] = (dY Xᵀ)[i, j]``. For ``Y = X W`` the mirror image:
 ``dX = dY Wᵀ``, ``dW = Xᵀ dY``. The mnemonic: swap ``X`` with ``dX`` and ``Y`` with ``dY``, and
@@ -12,12 +13,12 @@ transpose ``W`` where it stands.
 
 Vectors and batches
 -------------------
-A 1-D ``a`` is a single row (its one axis is contracted, it has no free axis); a 1-D ``b`` is a single
-column. Leading axes are batch axes, broadcast as in NumPy. An axis that both operands have at the
-same size becomes a ``dot_general`` batch axis. An axis that only one operand has, or that is 1 in one
-operand and ``n`` in the other, is an ordinary *free* axis of the operand that has it at size ``n``,
-and the size-1 axis is squeezed from the other operand: nothing is ever materialised by
-broadcasting.
+A 1-D ``a`` is a single row (its one axis is contracted, it has no free axis); a 1-D ``b`` is a
+single column. Leading axes are batch axes, broadcast as in NumPy. An axis that both operands have
+at the same size becomes a ``dot_general`` batch axis. An axis that only one operand has, or that
+is 1 in one operand and ``n`` in the other, is an ordinary *free* axis of the operand that has it
+at size ``n``, and the size-1 axis is squeezed from the other operand: nothing is ever
+materialised by broadcasting.
 
 Why the broadcast cotangent is a sum: say ``W`` is shared across a batch axis ``k`` of ``X``,
 ``Y[k] = X[k] W``. Every ``Y[k, a, b]`` depends on ``W``, so the chain rule sums over ``k`` too:

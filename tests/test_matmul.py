@@ -83,15 +83,21 @@ def test_matmul_preferred_element_type(dtype, preferred):
         b,
     )
     if jnp.issubdtype(dtype, np.floating):
-        grads = jax.grad(lambda a, b: jaxmm.matmul(a, b, preferred_element_type=preferred).sum(),
-                         argnums=(0, 1))(a, b)
+        grads = jax.grad(
+            lambda a, b: jaxmm.matmul(a, b, preferred_element_type=preferred).sum(), argnums=(0, 1)
+        )(a, b)
         assert [g.dtype for g in grads] == [np.dtype(dtype)] * 2
 
 
 @pytest.mark.parametrize(
     "precision",
-    [None, "highest", jax.lax.Precision.HIGH, ("highest", "default"),
-     jax.lax.DotAlgorithmPreset.F32_F32_F32],
+    [
+        None,
+        "highest",
+        jax.lax.Precision.HIGH,
+        ("highest", "default"),
+        jax.lax.DotAlgorithmPreset.F32_F32_F32,
+    ],
     ids=str,
 )
 def test_matmul_precision(precision):
