@@ -6,8 +6,9 @@ numbers, each a ``jax.custom_vjp`` function.
 """
 
 from ._dot_general import dot_general as dot_general
+from ._einsum import einsum as einsum
 from ._matmul import matmul as matmul
 
 __version__ = "0.1.0"
 
-__all__ = ["dot_general", "matmul"]
+__all__ = ["dot_general", "einsum", "matmul"]
