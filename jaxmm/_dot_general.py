@@ -96,6 +96,7 @@ def dot_general(
     rhs = as_array(rhs, "dot_general", 1)
     dimension_numbers = canonicalize_dimension_numbers(dimension_numbers)
     check_dot_general(lhs.shape, rhs.shape, dimension_numbers)
+    lhs, rhs = _match_varying_axes(lhs, rhs)
     return _dot_general(
         lhs,
         rhs,
@@ -104,6 +105,33 @@ def dot_general(
         canonicalize_preferred_element_type(preferred_element_type),
         out_sharding,
     )
+
+
+def _varying_axes(x: jax.Array) -> frozenset:
+    """The shard_map mesh axes along which ``x`` varies (empty outside shard_map)."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10
+    return manual.varying if manual is not None else getattr(aval, "vma", frozenset())
+
+
+def _match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Inside ``shard_map``, mark each operand as varying along the other's varying axes.
+
+    ``lax.dot_general`` does this implicitly. Here it is explicit and outside the custom rule, so
+    that the rule sees operands of one type: a weight replicated across devices meets per-device
+    data, its cotangent is per-device, and JAX's transpose of the cast (a ``psum``) sums those
+    per-device cotangents back to the replicated weight, the cross-device form of summing a
+    broadcast operand's cotangent.
+    """
+    lhs_axes, rhs_axes = _varying_axes(lhs), _varying_axes(rhs)
+    if lhs_axes == rhs_axes:
+        return lhs, rhs
+    cast = partial(lax.pcast, to="varying") if hasattr(lax, "pcast") else lax.pvary
+    if rhs_axes - lhs_axes:
+        lhs = cast(lhs, tuple(sorted(rhs_axes - lhs_axes)))
+    if lhs_axes - rhs_axes:
+        rhs = cast(rhs, tuple(sorted(lhs_axes - rhs_axes)))
+    return lhs, rhs
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))

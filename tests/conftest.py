@@ -4,6 +4,10 @@ import jax
 import pytest
 from hypothesis import HealthCheck, settings
 
+# tests/multidevice needs 8 devices and runs in its own process (test_multidevice.py); the
+# multi-process worker is a script, not a test module.
+collect_ignore = ["multidevice", "multiprocess_worker.py", "readme_blocks.py"]
+
 # Strict about silent broadcasting of ranks: jaxmm must never lean on it.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
