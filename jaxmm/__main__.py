@@ -1,25 +1,156 @@
-"""``python -m jaxmm``: jaxmm's gradient beside ``jax.grad`` of ``jnp.matmul``."""
+"""``python -m jaxmm`` (or ``jaxmm``): self-check against JAX's autodiff, then a benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
 
 import jax
-import jax.numpy as jnp
-
-import jaxmm
 
 
-def main() -> None:
-    x = jax.random.normal(jax.random.key(0), (4, 3))
-    w = jax.random.normal(jax.random.key(1), (3, 2))
-    dy = jax.random.normal(jax.random.key(2), (4, 2))
+class Progress:
+    """A progress bar on a terminal, plain lines otherwise (logs, CI)."""
 
-    def loss(matmul):
-        return lambda x, w: jnp.sum(matmul(x, w) * dy)  # dL/dY = dY
+    def __init__(self, total: int, title: str):
+        self.total, self.done, self.title = total, 0, title
+        self.bar = sys.stderr.isatty()
 
-    ours = jax.grad(loss(jaxmm.matmul), argnums=(0, 1))(x, w)
-    theirs = jax.grad(loss(jnp.matmul), argnums=(0, 1))(x, w)
-    for name, a, b in zip(("dX = dY Wᵀ", "dW = Xᵀ dY"), ours, theirs):
-        print(f"{name}\n jaxmm:\n{a}\n jax.grad(jnp.matmul):\n{b}")
-        print(f" max |diff| = {jnp.abs(a - b).max()}\n")
+    def step(self, label: str) -> None:
+        self.done += 1
+        if self.bar:
+            filled = int(30 * self.done / self.total)
+            sys.stderr.write(
+                f"\r{self.title} [{'#' * filled}{'.' * (30 - filled)}] "
+                f"{self.done}/{self.total} {label[:40]:<40}"
+            )
+            if self.done == self.total:
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(f"{self.title} {self.done}/{self.total}: {label}\n")
+        sys.stderr.flush()
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return sizes
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxmm",
+        description="Check jaxmm against JAX's autodiff, then benchmark its forward+backward step.",
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller sweep, fewer repeats")
+    parser.add_argument("--sizes", type=_sizes, help="square sizes, e.g. 64,256,1024")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="benchmark dtype (default float32)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="write machine-readable results here")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG chart (needs matplotlib)")
+    parser.add_argument("--no-benchmark", action="store_true", help="run the self-check only")
+    args = parser.parse_args(argv)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install 'jaxmm[plot]'")
+    return args
+
+
+def main(argv=None) -> int:
+    from . import _benchmark, _selfcheck
+
+    args = parse_args(argv)
+    device = jax.devices()[0]
+    print(
+        f"jaxmm self-check and benchmark on {device.platform} ({device.device_kind}), "
+        f"JAX {jax.__version__}, {platform.machine()}"
+    )
+
+    # Self-check.
+    cases = list(_selfcheck.cases())
+    progress = Progress(len(cases), "self-check")
+    rows, failures = [], 0
+    for case in cases:
+        error, tolerance = _selfcheck.run_case(case)
+        passed = error <= tolerance
+        failures += not passed
+        rows.append((case, error, tolerance, passed))
+        progress.step(case.name)
+    print(f"\n{'case':<42} {'dtype':<9} {'transform':<9} {'max err':>9} {'tol':>8}  result")
+    for case, error, tolerance, passed in rows:
+        print(
+            f"{case.name:<42} {case.dtype:<9} {case.transform:<9} {error:9.1e} "
+            f"{tolerance:8.0e}  {'PASS' if passed else 'FAIL'}"
+        )
+    print(f"self-check: {len(rows) - failures} passed, {failures} failed")
+
+    results = []
+    if not args.no_benchmark:
+        sizes = args.sizes or (_benchmark.QUICK_SIZES if args.quick else _benchmark.SQUARE_SIZES)
+        shapes = _benchmark.shapes(sizes)
+        progress = Progress(len(shapes), "benchmark")
+        start = time.perf_counter()
+        for name, m, k, n in shapes:
+            results.append(
+                _benchmark.measure(name, m, k, n, args.dtype, repeats=3 if args.quick else 7)
+            )
+            progress.step(name)
+        print(
+            f"\nforward+backward step, {args.dtype}, jitted, median of interleaved repeats "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
+        print(
+            f"{'case':<24} {'jaxmm ms':>9} {'jnp ms':>9} {'ratio':>6} {'GFLOP/s':>8} "
+            f"{'of limit':>8}"
+        )
+        for r in results:
+            print(
+                f"{r.case:<24} {r.jaxmm_ms:9.3f} {r.reference_ms:9.3f} {r.ratio:6.3f} "
+                f"{r.gflops:8.1f} {r.fraction_of_limit:8.2f}"
+            )
+        ratios = sorted(r.ratio for r in results)
+        print(f"median ratio jaxmm/jnp: {ratios[len(ratios) // 2]:.3f} (max {ratios[-1]:.3f})")
+        if args.plot:
+            _benchmark.plot(results, args.plot)
+            print(f"chart written to {args.plot}")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "device": f"{device.platform} ({device.device_kind})",
+                    "jax": jax.__version__,
+                    "self_check": [
+                        {
+                            "case": c.name,
+                            "dtype": c.dtype,
+                            "transform": c.transform,
+                            "error": e,
+                            "tolerance": t,
+                            "passed": p,
+                        }
+                        for c, e, t, p in rows
+                    ],
+                    "benchmark": [r.as_dict() for r in results],
+                },
+                f,
+                indent=2,
+            )
+        print(f"results written to {args.json}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
