@@ -37,8 +37,8 @@ class Case:
 
 def _dg(dimension_numbers):
     return (
-        lambda l, r: dot_general(l, r, dimension_numbers),
-        lambda l, r: lax.dot_general(l, r, dimension_numbers),
+        lambda lhs, rhs: dot_general(lhs, rhs, dimension_numbers),
+        lambda lhs, rhs: lax.dot_general(lhs, rhs, dimension_numbers),
     )
 
 

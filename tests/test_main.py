@@ -11,7 +11,6 @@ import pytest
 from jaxmm import __main__ as cli
 from jaxmm import _selfcheck
 
-
 ALL_CASES = _selfcheck.cases
 
 
