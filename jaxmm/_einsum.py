@@ -16,7 +16,7 @@ from typing import Any
 import jax
 from jax import lax
 
-from ._checks import as_array, canonicalize_preferred_element_type
+from ._checks import as_array, result_and_dot_dtypes
 from ._dot_general import dot_general
 
 
@@ -80,11 +80,7 @@ def einsum(
         (tuple(a_letters.index(c) for c in batch), tuple(b_letters.index(c) for c in batch)),
     )
 
-    if preferred_element_type is None:
-        result_dtype = jax.dtypes.result_type(a, b)
-        dot_dtype = None if a.dtype == b.dtype == result_dtype else result_dtype
-    else:
-        result_dtype = dot_dtype = canonicalize_preferred_element_type(preferred_element_type)
+    result_dtype, dot_dtype = result_and_dot_dtypes(a, b, preferred_element_type)
     product = dot_general(a, b, dimension_numbers, precision, dot_dtype, out_sharding=out_sharding)
     # dot_general emits (batch, a's free, b's free); reorder to the requested output.
     product_letters = (

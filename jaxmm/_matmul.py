@@ -37,7 +37,7 @@ import jax
 import numpy as np
 from jax import lax
 
-from ._checks import as_array, canonicalize_preferred_element_type
+from ._checks import as_array, result_and_dot_dtypes
 from ._dot_general import dot_general
 
 
@@ -97,13 +97,7 @@ def matmul(
             f"b of shape {b.shape} has {b_inner} rows."
         )
 
-    if preferred_element_type is None:
-        result_dtype = jax.dtypes.result_type(a, b)
-        # Operands already of the result dtype need no preferred type; passing none keeps a
-        # weakly-typed result weak, as jnp.matmul's is.
-        dot_dtype = None if a.dtype == b.dtype == result_dtype else result_dtype
-    else:
-        result_dtype = dot_dtype = canonicalize_preferred_element_type(preferred_element_type)
+    result_dtype, dot_dtype = result_and_dot_dtypes(a, b, preferred_element_type)
 
     # Classify each broadcast batch position (right-aligned, as in NumPy).
     a_batch_shape = a.shape[:-2] if a_is_matrix else ()
