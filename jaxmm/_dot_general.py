@@ -29,6 +29,7 @@ conjugated: for complex operands JAX's convention is the plain transpose.
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import partial
 from typing import Any
 
@@ -43,6 +44,7 @@ from ._checks import (
     canonicalize_dimension_numbers,
     canonicalize_precision,
     canonicalize_preferred_element_type,
+    canonicalize_residual_dtype,
     check_dot_general,
 )
 
@@ -55,6 +57,7 @@ def dot_general(
     preferred_element_type: Any = None,
     *,
     out_sharding: Any = None,
+    residual_dtype: Any = None,
 ) -> jax.Array:
     """General dot product, as ``lax.dot_general``, whose backward pass is derived by hand.
 
@@ -73,6 +76,12 @@ def dot_general(
         backward products accumulate in it too, and each cotangent is cast back to its operand's
         dtype.
       out_sharding: sharding of the result, as in ``lax.dot_general``.
+      residual_dtype: jaxmm's own option, off (``None``) by default. A real floating dtype, such
+        as ``jnp.bfloat16``, in which to save the operands for the backward pass: each real
+        floating operand wider than it is cast to it when saved and cast back when used, which
+        saves memory between the forward and backward passes at the cost of rounding the
+        operands in the gradient (the forward result is exact). Complex and integer operands
+        are saved as they are.
 
     Returns:
       Array of shape ``batch + lhs_free + rhs_free``: the batch axes (in the order of
@@ -96,6 +105,7 @@ def dot_general(
     rhs = as_array(rhs, "dot_general", 1)
     dimension_numbers = canonicalize_dimension_numbers(dimension_numbers)
     check_dot_general(lhs.shape, rhs.shape, dimension_numbers)
+    residual_dtype = canonicalize_residual_dtype(residual_dtype)
     lhs, rhs = _match_varying_axes(lhs, rhs)
     return _dot_general(
         lhs,
@@ -104,6 +114,7 @@ def dot_general(
         canonicalize_precision(precision),
         canonicalize_preferred_element_type(preferred_element_type),
         out_sharding,
+        residual_dtype,
     )
 
 
@@ -134,8 +145,10 @@ def _match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.
     return lhs, rhs
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding):
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _dot_general(
+    lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding, residual_dtype
+):
     return lax.dot_general(
         lhs,
         rhs,
@@ -150,10 +163,12 @@ def _dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type,
 @dataclasses.dataclass(frozen=True)
 class _Wanted:
     """Static facts saved for the backward pass (no arrays): the type of each operand whose
-    cotangent is asked for, or ``None`` when nobody differentiates with respect to it."""
+    cotangent is asked for, or ``None`` when nobody differentiates with respect to it, and the
+    dtype each saved operand had before ``residual_dtype`` narrowed it."""
 
     lhs: Any
     rhs: Any
+    saved_dtypes: tuple[Any, Any] = (None, None)
 
 
 def _type_if_wanted(primal: Any) -> Any:
@@ -162,11 +177,13 @@ def _type_if_wanted(primal: Any) -> Any:
     return jax.typeof(primal.value) if wanted else None
 
 
-def _dot_general_fwd(lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding):
+def _dot_general_fwd(
+    lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding, residual_dtype
+):
     # With ``symbolic_zeros=True`` each primal arrives wrapped with a ``perturbed`` flag: an operand
     # that no derivative flows into (frozen weights, inputs) needs no cotangent, so its cotangent
     # product is skipped, and the other operand is not saved for it.
-    wanted = _Wanted(_type_if_wanted(lhs), _type_if_wanted(rhs))
+    lhs_type, rhs_type = _type_if_wanted(lhs), _type_if_wanted(rhs)
     # The plain primitive, not the custom_vjp function: jax.hessian differentiates this rule (and
     # the bwd rule) forward, which JAX refuses for a custom_vjp function.
     out = lax.dot_general(
@@ -178,9 +195,26 @@ def _dot_general_fwd(lhs, rhs, dimension_numbers, precision, preferred_element_t
         out_sharding=out_sharding,
     )
     # dL needs R and dR needs L: the residuals are the two operands, each only if it is needed.
-    saved_lhs = lhs.value if wanted.rhs is not None else None
-    saved_rhs = rhs.value if wanted.lhs is not None else None
+    saved_lhs = _narrow(lhs.value, residual_dtype) if rhs_type is not None else None
+    saved_rhs = _narrow(rhs.value, residual_dtype) if lhs_type is not None else None
+    wanted = _Wanted(lhs_type, rhs_type, (lhs.value.dtype, rhs.value.dtype))
     return out, (saved_lhs, saved_rhs, wanted)
+
+
+def _narrow(operand: jax.Array, residual_dtype: Any) -> jax.Array:
+    """The operand as saved for the backward pass: in ``residual_dtype`` if that is narrower."""
+    if (
+        residual_dtype is None
+        or not jax.numpy.issubdtype(operand.dtype, np.floating)
+        or np.dtype(residual_dtype).itemsize >= operand.dtype.itemsize
+    ):
+        return operand
+    return lax.convert_element_type(operand, residual_dtype)
+
+
+def _widen(saved: jax.Array, dtype: Any) -> jax.Array:
+    """A saved operand back in its own dtype (exact: every narrow value is a wide one)."""
+    return saved if saved.dtype == dtype else lax.convert_element_type(saved, dtype)
 
 
 def _lhs_cotangent(
@@ -204,33 +238,90 @@ def _lhs_cotangent(
     num_batch = len(lhs_batch)
     # Y's axes are (batch, lhs free, rhs free), or (batch, rhs free, lhs free) when swapped.
     rhs_free_start = num_batch if rhs_free_first else num_batch + len(lhs_free)
-    rhs_free_in_cotangent = tuple(range(rhs_free_start, rhs_free_start + len(rhs_free)))
-    # Σ_j pairs Y's rhs-free axes with R's free axes; b stays paired with R's batch axes.
-    contraction = (
-        (rhs_free_in_cotangent, rhs_free),
-        (tuple(range(num_batch)), rhs_batch),
+    summed = tuple(range(rhs_free_start, rhs_free_start + len(rhs_free)))  # j, in Y
+    batch = tuple(range(num_batch))  # b, in Y
+    # R's contracting axis rhs_contract[k] is paired with L's axis lhs_contract[k]; a product
+    # yields R's contracting axes in R's order, which are these axes of L:
+    c_axes = tuple(lhs_contract[k] for k in np.argsort(rhs_contract, kind="stable"))
+    dot = partial(
+        lax.dot_general, precision=precision, preferred_element_type=preferred_element_type
     )
-    # The product's axes are (b, i, R's remaining axes = R's contracting axes in R's order); R's
-    # contracting axis rhs_contract[k] is paired with L's axis lhs_contract[k].
-    product_axes = (
-        *lhs_batch,
-        *lhs_free,
-        *(lhs_contract[k] for k in np.argsort(rhs_contract, kind="stable")),
-    )
-    product = lax.dot_general(
-        cotangent,
-        rhs,
-        contraction,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        out_sharding=_cotangent_sharding(lhs_type, product_axes),
-    )
-    lhs_cotangent = _transpose(product, tuple(np.argsort(product_axes, kind="stable")))
+
+    def dy_first(cotangent, rhs):
+        # Σ_j pairs Y's rhs-free axes with R's free axes, b stays paired with R's batch axes; the
+        # product's axes are (b, i, c).
+        product_axes = (*lhs_batch, *lhs_free, *c_axes)
+        product = dot(
+            cotangent,
+            rhs,
+            ((summed, rhs_free), (batch, rhs_batch)),
+            out_sharding=_cotangent_sharding(lhs_type, product_axes),
+        )
+        return _transpose(product, tuple(np.argsort(product_axes, kind="stable")))
+
+    def r_first(cotangent, rhs):
+        # The same sum with the operands' order swapped, R laid out as (b, c, j) first: the
+        # product's axes are (b, c, i). The barrier keeps XLA from folding the transpose back
+        # into the dot (which would be dy_first again).
+        rhs_t = lax.optimization_barrier(
+            _transpose(rhs, (*rhs_batch, *sorted(rhs_contract), *rhs_free))
+        )
+        rhs_t_free = tuple(range(rhs.ndim - len(rhs_free), rhs.ndim))
+        product_axes = (*lhs_batch, *c_axes, *lhs_free)
+        product = dot(
+            rhs_t,
+            cotangent,
+            ((rhs_t_free, summed), (batch, batch)),
+            out_sharding=_cotangent_sharding(lhs_type, product_axes),
+        )
+        return _transpose(product, tuple(np.argsort(product_axes, kind="stable")))
+
+    if _r_first_pays(cotangent, rhs, summed, lhs_type):
+        if isinstance(cotangent, jax.core.Tracer):
+            lhs_cotangent = lax.platform_dependent(cotangent, rhs, cpu=r_first, default=dy_first)
+        else:  # un-jitted: the platform is known, skip the conditional's dispatch
+            on_cpu = all(d.platform == "cpu" for d in cotangent.devices())
+            lhs_cotangent = (r_first if on_cpu else dy_first)(cotangent, rhs)
+    else:
+        lhs_cotangent = dy_first(cotangent, rhs)
     return _cast_like(lhs_cotangent, lhs_type)
 
 
+# Where XLA's CPU backend is fast, and where not (measured on the project's 2-core x86 machine with
+# jaxlib 0.10.2; README "Performance"): a dot runs on the fast YNNPACK kernels only when the
+# contracted axes of its *first* operand are that operand's trailing axes. The lhs rule's product
+# dY·Rᵀ contracts dY's trailing axes; the rhs rule's Lᵀ·dY contracts dY's *leading* free axes and
+# falls to a generic kernel that takes about 1.3-1.6x the time of a forward product. For small
+# products (about 96³ to 200³) transposing the saved operand first and putting it first wins: the
+# whole step gets 15-30 % faster. From 256³ up, XLA's transpose costs as much as it saves, and below
+# 96³ the step is dominated by dispatch, so there the direct form stays. GPUs and TPUs take
+# transposed operands for free and always run the direct form, and so do complex and integer types,
+# which YNNPACK does not take; lax.platform_dependent picks the form for the platform compiled for.
+_R_FIRST_FLOPS = (2**20, 2**24)  # 2·m·k·n of the product, both ends included
+
+
+def _r_first_pays(
+    cotangent: jax.Array, saved: jax.Array, summed: tuple[int, ...], target_type: Any
+) -> bool:
+    trailing = summed == tuple(range(cotangent.ndim - len(summed), cotangent.ndim))
+    if trailing:  # dY's summed axes already trail: the direct form is the fast one
+        return False
+    real = (jax.numpy.issubdtype(x.dtype, np.floating) for x in (cotangent, saved))
+    if not all(real):  # YNNPACK takes real floating types only
+        return False
+    flops = 2 * math.prod(target_type.shape) * math.prod(cotangent.shape[a] for a in summed)
+    low, high = _R_FIRST_FLOPS
+    return low <= flops <= high
+
+
 def _dot_general_bwd(
-    dimension_numbers, precision, preferred_element_type, out_sharding, residuals, cotangent
+    dimension_numbers,
+    precision,
+    preferred_element_type,
+    out_sharding,
+    residual_dtype,
+    residuals,
+    cotangent,
 ):
     saved_lhs, saved_rhs, wanted = residuals
     if isinstance(cotangent, SymbolicZero):  # Y does not reach the loss: nothing to propagate.
@@ -238,8 +329,9 @@ def _dot_general_bwd(
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
     lhs_cotangent = rhs_cotangent = None
     if wanted.lhs is not None:
+        rhs = _widen(saved_rhs, wanted.saved_dtypes[1])
         lhs_cotangent = _lhs_cotangent(
-            cotangent, wanted.lhs, saved_rhs, dimension_numbers, precision, preferred_element_type
+            cotangent, wanted.lhs, rhs, dimension_numbers, precision, preferred_element_type
         )
     if wanted.rhs is not None:
         # The rhs rule is the lhs rule with the operands' roles (and dimension numbers) swapped.
@@ -247,7 +339,7 @@ def _dot_general_bwd(
         rhs_cotangent = _lhs_cotangent(
             cotangent,
             wanted.rhs,
-            saved_lhs,
+            _widen(saved_lhs, wanted.saved_dtypes[0]),
             swapped,
             precision,
             preferred_element_type,

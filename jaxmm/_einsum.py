@@ -16,7 +16,7 @@ from typing import Any
 import jax
 from jax import lax
 
-from ._checks import as_array, result_and_dot_dtypes
+from ._checks import as_array, canonicalize_residual_dtype, result_and_dot_dtypes
 from ._dot_general import dot_general
 
 
@@ -28,6 +28,7 @@ def einsum(
     precision: Any = None,
     preferred_element_type: Any = None,
     out_sharding: Any = None,
+    residual_dtype: Any = None,
 ) -> jax.Array:
     """Two-operand Einstein summation, as ``jnp.einsum``, contracted by ``jaxmm.dot_general``.
 
@@ -37,6 +38,8 @@ def einsum(
       a: array with one axis per index in ``A``.
       b: array with one axis per index in ``B``.
       precision, preferred_element_type, out_sharding: as in ``jnp.einsum``.
+      residual_dtype: jaxmm's own option, off by default: save the operands for the backward
+        pass in this narrower real floating dtype (see :func:`jaxmm.dot_general`).
 
     Returns:
       Array with one axis per index in ``C``.
@@ -56,6 +59,7 @@ def einsum(
     """
     a = as_array(a, "einsum", 1)
     b = as_array(b, "einsum", 2)
+    residual_dtype = canonicalize_residual_dtype(residual_dtype)
     a_letters, b_letters, out_letters = _parse(subscripts, a.shape, b.shape)
 
     # A shared index of size 1 in one operand broadcasts against the other (as in jnp.einsum):
@@ -81,7 +85,15 @@ def einsum(
     )
 
     result_dtype, dot_dtype = result_and_dot_dtypes(a, b, preferred_element_type)
-    product = dot_general(a, b, dimension_numbers, precision, dot_dtype, out_sharding=out_sharding)
+    product = dot_general(
+        a,
+        b,
+        dimension_numbers,
+        precision,
+        dot_dtype,
+        out_sharding=out_sharding,
+        residual_dtype=residual_dtype,
+    )
     # dot_general emits (batch, a's free, b's free); reorder to the requested output.
     product_letters = (
         batch

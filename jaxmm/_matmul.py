@@ -37,7 +37,7 @@ import jax
 import numpy as np
 from jax import lax
 
-from ._checks import as_array, result_and_dot_dtypes
+from ._checks import as_array, canonicalize_residual_dtype, result_and_dot_dtypes
 from ._dot_general import dot_general
 
 
@@ -48,6 +48,7 @@ def matmul(
     precision: Any = None,
     preferred_element_type: Any = None,
     out_sharding: Any = None,
+    residual_dtype: Any = None,
 ) -> jax.Array:
     """Matrix product with the semantics of ``jnp.matmul`` and a hand-derived backward pass.
 
@@ -57,6 +58,8 @@ def matmul(
       precision: as in ``jnp.matmul``; applies to the backward products too.
       preferred_element_type: result and accumulation dtype, as in ``jnp.matmul``.
       out_sharding: sharding of the result, as in ``jnp.matmul``.
+      residual_dtype: jaxmm's own option, off by default: save the operands for the backward
+        pass in this narrower real floating dtype (see :func:`jaxmm.dot_general`).
 
     Returns:
       Array of shape ``(..., m, k)`` (the leading axes broadcast together), with the axis ``m``
@@ -82,6 +85,7 @@ def matmul(
     """
     a = as_array(a, "matmul", 0)
     b = as_array(b, "matmul", 1)
+    residual_dtype = canonicalize_residual_dtype(residual_dtype)
     for position, operand in enumerate((a, b)):
         if operand.ndim < 1:
             raise ValueError(
@@ -154,6 +158,7 @@ def matmul(
         precision=precision,
         preferred_element_type=dot_dtype,
         out_sharding=out_sharding,
+        residual_dtype=residual_dtype,
     )
     # dot_general emits (batch, a free, b free); put each axis at its broadcast position.
     permutation = tuple(int(p) for p in np.argsort(out_batch + out_a_free + out_b_free))

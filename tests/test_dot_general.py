@@ -89,22 +89,22 @@ def test_dot_general_accepts_dimension_numbers_in_any_sequence_form():
         np.testing.assert_array_equal(actual, expected)
 
 
+def _parameters(fn):
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+# jaxmm's one addition, last and keyword-only, off by default.
+RESIDUAL_DTYPE = ("residual_dtype", inspect.Parameter.KEYWORD_ONLY, None)
+
+
 def test_dot_general_signature_is_lax_dot_general():
     """Flax calls ``dot_general(lhs, rhs, dims, precision=..., preferred_element_type=...)`` and
     nnx adds ``out_sharding=``: the parameters, their kinds and defaults must be lax's."""
-    ours = inspect.signature(jaxmm.dot_general).parameters
-    theirs = inspect.signature(lax.dot_general).parameters
-    assert [(p.name, p.kind, p.default) for p in ours.values()] == [
-        (p.name, p.kind, p.default) for p in theirs.values()
-    ]
+    assert _parameters(jaxmm.dot_general) == [*_parameters(lax.dot_general), RESIDUAL_DTYPE]
 
 
 def test_matmul_signature_is_jnp_matmul():
-    ours = inspect.signature(jaxmm.matmul).parameters
-    theirs = inspect.signature(jnp.matmul).parameters
-    assert [(p.name, p.kind, p.default) for p in ours.values()] == [
-        (p.name, p.kind, p.default) for p in theirs.values()
-    ]
+    assert _parameters(jaxmm.matmul) == [*_parameters(jnp.matmul), RESIDUAL_DTYPE]
 
 
 @pytest.mark.parametrize("precision", ["highest", ("high", "default"), lax.Precision.HIGHEST])
