@@ -28,7 +28,9 @@ def as_array(x: Any, name: str, position: int) -> jax.Array:
     Python lists and tuples are refused as ``jnp.matmul`` refuses them: silently turning a nested
     list into an array hides bugs (and costs a host-to-device copy per call).
     """
-    if isinstance(x, (jax.Array, np.ndarray, *_SCALAR_TYPES)) or hasattr(x, "__jax_array__"):
+    if isinstance(x, jax.Array):  # arrays and tracers as they are: no op to trace or dispatch
+        return x
+    if isinstance(x, (np.ndarray, *_SCALAR_TYPES)) or hasattr(x, "__jax_array__"):
         return jnp.asarray(x)
     raise TypeError(
         f"{name} requires array or scalar arguments, got {type(x).__name__} at position {position}."

@@ -105,17 +105,24 @@ def dot_general(
     rhs = as_array(rhs, "dot_general", 1)
     dimension_numbers = canonicalize_dimension_numbers(dimension_numbers)
     check_dot_general(lhs.shape, rhs.shape, dimension_numbers)
-    residual_dtype = canonicalize_residual_dtype(residual_dtype)
-    lhs, rhs = _match_varying_axes(lhs, rhs)
-    return _dot_general(
+    return _checked_dot_general(
         lhs,
         rhs,
         dimension_numbers,
         canonicalize_precision(precision),
         canonicalize_preferred_element_type(preferred_element_type),
         out_sharding,
-        residual_dtype,
+        canonicalize_residual_dtype(residual_dtype),
     )
+
+
+# Compiled as one program when called un-jitted (as jnp's functions are), so that an eager
+# gradient runs a few cached executables instead of the custom rule op by op; inlined into the
+# caller's program when traced.
+@partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _checked_dot_general(lhs, rhs, *static):
+    lhs, rhs = _match_varying_axes(lhs, rhs)
+    return _dot_general(lhs, rhs, *static)
 
 
 def _varying_axes(x: jax.Array) -> frozenset:
@@ -161,44 +168,63 @@ def _dot_general(
 
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
-class _Wanted:
-    """Static facts saved for the backward pass (no arrays): the type of each operand whose
-    cotangent is asked for, or ``None`` when nobody differentiates with respect to it, and the
-    dtype each saved operand had before ``residual_dtype`` narrowed it."""
+class _Types:
+    """The two operands' types (shape, dtype, sharding): static facts for the backward pass."""
 
     lhs: Any
     rhs: Any
-    saved_dtypes: tuple[Any, Any] = (None, None)
 
 
-def _type_if_wanted(primal: Any) -> Any:
+def _wanted(primal: Any) -> bool:
     # Integer and boolean operands have no cotangent (JAX gives them float0 zeros).
-    wanted = primal.perturbed and jax.numpy.issubdtype(primal.value.dtype, np.inexact)
-    return jax.typeof(primal.value) if wanted else None
+    return primal.perturbed and jax.numpy.issubdtype(primal.value.dtype, np.inexact)
+
+
+def _not_saved(operand: jax.Array) -> jax.Array:
+    """What stands in the residuals for an operand nobody needs: an empty array whose rank (one
+    more than the operand's) tells it apart from the operand itself.
+
+    Whether an operand is saved is told by the residual *arrays*, not by static pytree data: the
+    residuals' tree structure must not depend on which operands are perturbed, because JAX
+    (0.10.2) caches a custom_vjp's forward rule under jit per perturbation pattern but keeps only
+    the most recent tree structure, which would unflatten one pattern's residuals with another's
+    structure.
+    """
+    return jax.numpy.zeros((0,) * (operand.ndim + 1), bool)
+
+
+def _is_saved(saved: jax.Array, operand_type: Any) -> bool:
+    return saved.ndim == operand_type.ndim
 
 
 def _dot_general_fwd(
-    lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding, residual_dtype
+    lhs_primal,
+    rhs_primal,
+    dimension_numbers,
+    precision,
+    preferred_element_type,
+    out_sharding,
+    residual_dtype,
 ):
     # With ``symbolic_zeros=True`` each primal arrives wrapped with a ``perturbed`` flag: an operand
     # that no derivative flows into (frozen weights, inputs) needs no cotangent, so its cotangent
     # product is skipped, and the other operand is not saved for it.
-    lhs_type, rhs_type = _type_if_wanted(lhs), _type_if_wanted(rhs)
     # The plain primitive, not the custom_vjp function: jax.hessian differentiates this rule (and
     # the bwd rule) forward, which JAX refuses for a custom_vjp function.
+    lhs, rhs = lhs_primal.value, rhs_primal.value
     out = lax.dot_general(
-        lhs.value,
-        rhs.value,
+        lhs,
+        rhs,
         dimension_numbers,
         precision=precision,
         preferred_element_type=preferred_element_type,
         out_sharding=out_sharding,
     )
     # dL needs R and dR needs L: the residuals are the two operands, each only if it is needed.
-    saved_lhs = _narrow(lhs.value, residual_dtype) if rhs_type is not None else None
-    saved_rhs = _narrow(rhs.value, residual_dtype) if lhs_type is not None else None
-    wanted = _Wanted(lhs_type, rhs_type, (lhs.value.dtype, rhs.value.dtype))
-    return out, (saved_lhs, saved_rhs, wanted)
+    types = _Types(jax.typeof(lhs), jax.typeof(rhs))
+    saved_lhs = _narrow(lhs, residual_dtype) if _wanted(rhs_primal) else _not_saved(lhs)
+    saved_rhs = _narrow(rhs, residual_dtype) if _wanted(lhs_primal) else _not_saved(rhs)
+    return out, (saved_lhs, saved_rhs, types)
 
 
 def _narrow(operand: jax.Array, residual_dtype: Any) -> jax.Array:
@@ -323,23 +349,23 @@ def _dot_general_bwd(
     residuals,
     cotangent,
 ):
-    saved_lhs, saved_rhs, wanted = residuals
+    saved_lhs, saved_rhs, types = residuals
     if isinstance(cotangent, SymbolicZero):  # Y does not reach the loss: nothing to propagate.
         return None, None
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
     lhs_cotangent = rhs_cotangent = None
-    if wanted.lhs is not None:
-        rhs = _widen(saved_rhs, wanted.saved_dtypes[1])
+    if _is_saved(saved_rhs, types.rhs):  # R was saved because L's cotangent is wanted
+        rhs = _widen(saved_rhs, types.rhs.dtype)
         lhs_cotangent = _lhs_cotangent(
-            cotangent, wanted.lhs, rhs, dimension_numbers, precision, preferred_element_type
+            cotangent, types.lhs, rhs, dimension_numbers, precision, preferred_element_type
         )
-    if wanted.rhs is not None:
+    if _is_saved(saved_lhs, types.lhs):
         # The rhs rule is the lhs rule with the operands' roles (and dimension numbers) swapped.
         swapped = ((rhs_contract, lhs_contract), (rhs_batch, lhs_batch))
         rhs_cotangent = _lhs_cotangent(
             cotangent,
-            wanted.rhs,
-            _widen(saved_lhs, wanted.saved_dtypes[0]),
+            types.rhs,
+            _widen(saved_lhs, types.lhs.dtype),
             swapped,
             precision,
             preferred_element_type,

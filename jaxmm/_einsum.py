@@ -11,12 +11,19 @@ For ``'ij,jk->ik'`` (``Y = X W``): ``dX = einsum('ik,jk->ij', dY, W) = dY Wᵀ``
 from __future__ import annotations
 
 import string
+from functools import partial
 from typing import Any
 
 import jax
 from jax import lax
 
-from ._checks import as_array, canonicalize_residual_dtype, result_and_dot_dtypes
+from ._checks import (
+    as_array,
+    canonicalize_precision,
+    canonicalize_preferred_element_type,
+    canonicalize_residual_dtype,
+    result_and_dot_dtypes,
+)
 from ._dot_general import dot_general
 
 
@@ -57,9 +64,22 @@ def einsum(
       >>> jaxmm.einsum("ij,jk->ik", x, w).shape
       (2, 4)
     """
-    a = as_array(a, "einsum", 1)
-    b = as_array(b, "einsum", 2)
-    residual_dtype = canonicalize_residual_dtype(residual_dtype)
+    if not isinstance(subscripts, str):
+        raise TypeError(f"einsum subscripts must be a string, got {type(subscripts).__name__}.")
+    return _einsum(
+        subscripts,
+        as_array(a, "einsum", 1),
+        as_array(b, "einsum", 2),
+        canonicalize_precision(precision),
+        canonicalize_preferred_element_type(preferred_element_type),
+        out_sharding,
+        canonicalize_residual_dtype(residual_dtype),
+    )
+
+
+# One compiled program when called un-jitted, inlined when traced (see ``_matmul``).
+@partial(jax.jit, static_argnums=(0, 3, 4, 5, 6))
+def _einsum(subscripts, a, b, precision, preferred_element_type, out_sharding, residual_dtype):
     a_letters, b_letters, out_letters = _parse(subscripts, a.shape, b.shape)
 
     # A shared index of size 1 in one operand broadcasts against the other (as in jnp.einsum):
@@ -110,8 +130,6 @@ def einsum(
 
 def _parse(subscripts: str, a_shape: tuple[int, ...], b_shape: tuple[int, ...]):
     """Letters for each axis of ``a``, ``b`` and the output, with ``...`` given fresh letters."""
-    if not isinstance(subscripts, str):
-        raise TypeError(f"einsum subscripts must be a string, got {type(subscripts).__name__}.")
     spec = subscripts.replace(" ", "")
     inputs, arrow, output = spec.partition("->")
     terms = inputs.split(",")

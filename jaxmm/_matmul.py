@@ -31,13 +31,20 @@ re-inserting the squeezed size-1 axes restores its rank.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
 import numpy as np
 from jax import lax
 
-from ._checks import as_array, canonicalize_residual_dtype, result_and_dot_dtypes
+from ._checks import (
+    as_array,
+    canonicalize_precision,
+    canonicalize_preferred_element_type,
+    canonicalize_residual_dtype,
+    result_and_dot_dtypes,
+)
 from ._dot_general import dot_general
 
 
@@ -83,9 +90,21 @@ def matmul(
       Array([[4., 4.],
              [6., 6.]], dtype=float32)
     """
-    a = as_array(a, "matmul", 0)
-    b = as_array(b, "matmul", 1)
-    residual_dtype = canonicalize_residual_dtype(residual_dtype)
+    return _matmul(
+        as_array(a, "matmul", 0),
+        as_array(b, "matmul", 1),
+        canonicalize_precision(precision),
+        canonicalize_preferred_element_type(preferred_element_type),
+        out_sharding,
+        canonicalize_residual_dtype(residual_dtype),
+    )
+
+
+# Compiled as one program when called un-jitted (as jnp.matmul is), and inlined into the caller's
+# program when traced: the layout plan and the custom rule's bookkeeping cost Python time once per
+# signature, not once per call.
+@partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _matmul(a, b, precision, preferred_element_type, out_sharding, residual_dtype):
     for position, operand in enumerate((a, b)):
         if operand.ndim < 1:
             raise ValueError(

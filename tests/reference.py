@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
@@ -84,3 +85,19 @@ def assert_same_vjp(fn, reference, *primals, seed: int = 0, jit: bool = True) ->
     names = ["output"] + [f"cotangent of operand {i}" for i in range(len(primals))]
     for name, a, e in zip(names, actual, expected):
         assert_close(a, e, name)
+
+
+def saved_arrays(vjp) -> list:
+    """The arrays a VJP closure keeps for the backward pass. jaxmm marks an operand it does not
+    save with an empty array (0 bytes; see ``_not_saved``), which is left out here."""
+    return [x for x in jax.tree.leaves(vjp) if x.size]
+
+
+def primitive_names(jaxpr) -> list[str]:
+    """Every primitive of a jaxpr, nested jaxprs (jit, cond, custom rules) included."""
+    names = []
+    for eqn in jaxpr.eqns:
+        names.append(eqn.primitive.name)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            names.extend(primitive_names(sub))
+    return names

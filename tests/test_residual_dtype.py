@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax import lax
-from reference import TOLERANCE, random_array
+from reference import TOLERANCE, random_array, saved_arrays
 
 import jaxmm
 
@@ -61,10 +61,10 @@ def test_backward_uses_the_rounded_operands_and_forward_is_exact(
 def test_residuals_are_saved_narrow(name, ours, theirs, shapes):
     a, b = jnp.ones(shapes[0]), jnp.ones(shapes[1])
     _, vjp = jax.vjp(functools.partial(ours, residual_dtype=jnp.bfloat16), a, b)
-    saved = jax.tree.leaves(vjp)
+    saved = saved_arrays(vjp)
     assert [x.dtype for x in saved] == [jnp.bfloat16, jnp.bfloat16]
     _, vjp = jax.vjp(ours, a, b)
-    assert [x.dtype for x in jax.tree.leaves(vjp)] == [jnp.float32, jnp.float32]
+    assert [x.dtype for x in saved_arrays(vjp)] == [jnp.float32, jnp.float32]
 
 
 @pytest.mark.parametrize(
@@ -84,7 +84,7 @@ def test_which_operands_are_narrowed(a_dtype, b_dtype, residual_dtype, saved):
     a, b = random_array(rng, (3, 4), a_dtype), random_array(rng, (4, 5), b_dtype)
     mm = functools.partial(jaxmm.matmul, residual_dtype=residual_dtype)
     _, vjp = jax.vjp(mm, a, b)
-    assert tuple(x.dtype for x in jax.tree.leaves(vjp)) == saved
+    assert tuple(x.dtype for x in saved_arrays(vjp)) == saved
     # Cotangent dtypes are still the operands' own, and they match JAX where nothing was rounded.
     out, vjp = jax.vjp(mm, a, b)
     grads = vjp(jnp.ones_like(out))
@@ -96,7 +96,7 @@ def test_float64_saved_as_float32():
     with jax.enable_x64(True):
         a, b = jnp.ones((3, 4), jnp.float64), jnp.ones((4, 5), jnp.float64)
         _, vjp = jax.vjp(functools.partial(jaxmm.matmul, residual_dtype=jnp.float32), a, b)
-        assert [x.dtype for x in jax.tree.leaves(vjp)] == [jnp.float32, jnp.float32]
+        assert [x.dtype for x in saved_arrays(vjp)] == [jnp.float32, jnp.float32]
 
 
 @pytest.mark.parametrize("bad", [jnp.int8, jnp.complex64, "bool"])

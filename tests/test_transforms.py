@@ -181,3 +181,19 @@ def test_vmap_over_all_axis_combinations_of_dot_general():
         r = jnp.moveaxis(rhs, 2, rhs_axis)
         fn = lambda dg: jax.vmap(lambda l, r: dg(l, r, BATCHED_DN), in_axes=(lhs_axis, rhs_axis))
         assert_same_vjp(fn(jaxmm.dot_general), fn(lax.dot_general), l, r)
+
+
+def test_perturbation_patterns_mixed_in_any_order():
+    """JAX caches a custom_vjp's forward rule under jit once per pattern of perturbed operands;
+    jaxmm's residual structure must not depend on the pattern, or a later trace unflattens one
+    pattern's residuals with another's structure (an AssertionError, or a wrong gradient)."""
+    a, b = _operands(11, (3, 3), (3, 3))
+    mm = jax.jit(jaxmm.matmul)
+    jax.vjp(mm, a, b)  # eager: both operands, then one
+    jax.vjp(lambda a: mm(a, b), a)
+    expected = jax.grad(_loss(jnp.matmul), argnums=(0, 1))(a, b)
+    for argnums in [(0,), (0, 1), (1,), (0, 1), (0,)]:  # traced, in turn
+        loss = _loss(mm)
+        jax.make_jaxpr(jax.grad(loss, argnums=argnums))(a, b)
+        for i, g in zip(argnums, jax.jit(jax.grad(loss, argnums=argnums))(a, b)):
+            assert_close(g, expected[i], f"d/d operand {i} for argnums {argnums}")
