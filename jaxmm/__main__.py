@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
         )
     print(f"self-check: {len(rows) - failures} passed, {failures} failed")
 
-    results = []
+    results, overheads = [], []
     if not args.no_benchmark:
         sizes = args.sizes or (_benchmark.QUICK_SIZES if args.quick else _benchmark.SQUARE_SIZES)
         shapes = _benchmark.shapes(sizes)
@@ -113,17 +114,33 @@ def main(argv=None) -> int:
             f"\nforward+backward step, {args.dtype}, jitted, median of interleaved repeats "
             f"({time.perf_counter() - start:.0f} s)"
         )
+        peer = results[0].torch_ratio is not None
         print(
             f"{'case':<24} {'jaxmm ms':>9} {'jnp ms':>9} {'ratio':>6} {'GFLOP/s':>8} "
-            f"{'of limit':>8}"
+            f"{'of limit':>8}" + (f" {'torch ms':>9} {'/torch':>6}" if peer else "")
         )
         for r in results:
             print(
                 f"{r.case:<24} {r.jaxmm_ms:9.3f} {r.reference_ms:9.3f} {r.ratio:6.3f} "
                 f"{r.gflops:8.1f} {r.fraction_of_limit:8.2f}"
+                + (f" {r.torch_ms:9.3f} {r.torch_ratio:6.3f}" if peer else "")
             )
-        ratios = sorted(r.ratio for r in results)
-        print(f"median ratio jaxmm/jnp: {ratios[len(ratios) // 2]:.3f} (max {ratios[-1]:.3f})")
+        ratios = [r.ratio for r in results]
+        print(
+            f"median ratio jaxmm/jnp: {statistics.median(ratios):.3f} (max {max(ratios):.3f})"
+            + ("" if peer else "; PyTorch peer not run (pip install torch to add it)")
+        )
+        overheads = _benchmark.overheads(repeats=3 if args.quick else 7)
+        print("\nun-jitted (eager) gradients and compile time, jaxmm / jnp.matmul autodiff")
+        print(
+            f"{'size':>6} {'eager':>7} {'eager, dA only':>15} {'dA only speed-up':>17} "
+            f"{'compile':>8}"
+        )
+        for o in overheads:
+            print(
+                f"{o.size:6d} {o.eager_ratio:7.3f} {o.eager_one_operand_ratio:15.3f} "
+                f"{o.one_operand_speedup:16.2f}x {o.compile_ratio:8.3f}"
+            )
         if args.plot:
             _benchmark.plot(results, args.plot)
             print(f"chart written to {args.plot}")
@@ -146,6 +163,7 @@ def main(argv=None) -> int:
                         for c, e, t, p in rows
                     ],
                     "benchmark": [r.as_dict() for r in results],
+                    "overheads": [o.as_dict() for o in overheads],
                 },
                 f,
                 indent=2,

@@ -4,7 +4,9 @@ forward matmuls of the same shapes, since the step computes three products of eq
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +34,8 @@ class Result:
     ratio: float  # jaxmm / reference step time: < 1 is faster
     gflops: float  # jaxmm's achieved rate over the step's three products
     fraction_of_limit: float  # (3 x forward time) / jaxmm step time
+    torch_ms: float | None = None  # torch.matmul + backward, when torch is installed
+    torch_ratio: float | None = None  # jaxmm / torch step time
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +60,33 @@ def _step(mm: Callable) -> Callable:
     return jax.jit(step)
 
 
+def _torch_step(m: int, k: int, n: int, dtype: str):
+    """PyTorch's autograd step on the same shapes, or None without torch (an optional peer)."""
+    if "torch" not in sys.modules:
+        # OpenMP threads that spin between torch calls would steal this 2-core machine's cores
+        # from XLA; sleeping ones do not.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        import torch
+    except ImportError:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    a, b, cotangent = (
+        torch.randn(shape, generator=generator, dtype=getattr(torch, dtype))
+        for shape in ((m, k), (k, n), (m, n))
+    )
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+
+    def step():
+        a.grad = b.grad = None
+        out = torch.matmul(a, b)
+        out.backward(cotangent)
+        return out.detach(), a.grad, b.grad
+
+    return step
+
+
 def _time_once(fn: Callable, args) -> float:
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
@@ -70,6 +101,7 @@ def measure(
     dtype: str = "float32",
     repeats: int = 7,
     min_seconds: float = 0.02,
+    torch: bool = True,
 ) -> Result:
     key_a, key_b, key_c = jax.random.split(jax.random.key(0), 3)
     a = jax.random.normal(key_a, (m, k), dtype)
@@ -80,6 +112,7 @@ def measure(
         "reference": (_step(jnp.matmul), (a, b, cotangent)),
         "forward": (jax.jit(jnp.matmul), (a, b)),
     }
+
     # Warm up (compile), and find how many calls make one timing sample long enough.
     calls = 1
     for fn, args in functions.values():
@@ -90,6 +123,14 @@ def measure(
         for label, (fn, args) in functions.items():
             samples[label].append(sum(_time_once(fn, args) for _ in range(calls)) / calls)
     t = {label: statistics.median(s) for label, s in samples.items()}
+    # The peer is timed after, not interleaved: its threads must not share the cores with XLA's.
+    torch_step = _torch_step(m, k, n, dtype) if torch else None
+    if torch_step is not None:
+        _time_once(torch_step, ())
+        calls = max(1, int(min_seconds / max(_time_once(torch_step, ()), 1e-7)) + 1)
+        t["torch"] = statistics.median(
+            sum(_time_once(torch_step, ()) for _ in range(calls)) / calls for _ in range(repeats)
+        )
     flops = 3 * 2 * m * k * n
     return Result(
         name,
@@ -103,7 +144,80 @@ def measure(
         ratio=t["jaxmm"] / t["reference"],
         gflops=flops / t["jaxmm"] / 1e9,
         fraction_of_limit=3 * t["forward"] / t["jaxmm"],
+        torch_ms=1e3 * t["torch"] if "torch" in t else None,
+        torch_ratio=t["jaxmm"] / t["torch"] if "torch" in t else None,
     )
+
+
+@dataclass
+class Overhead:
+    """Un-jitted (eager) gradient and compile times, jaxmm against jnp.matmul autodiff."""
+
+    size: int
+    eager_ratio: float  # eager jaxmm / eager reference, both gradients
+    eager_one_operand_ratio: float  # the same, gradient of the first operand only
+    one_operand_speedup: float  # jaxmm eager: both-gradient time / one-gradient time
+    compile_ratio: float  # jaxmm / reference time to trace, lower and compile the step
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _eager_step(mm: Callable, wrt_both: bool) -> Callable:
+    def step(a, b, cotangent):
+        if wrt_both:
+            out, vjp = jax.vjp(mm, a, b)
+        else:
+            out, vjp = jax.vjp(lambda a: mm(a, b), a)
+        return out, *vjp(cotangent)
+
+    return step
+
+
+def _compile_seconds(mm: Callable, args) -> float:
+    def step(a, b, cotangent):  # a new function each time: nothing cached
+        out, vjp = jax.vjp(mm, a, b)
+        return out, *vjp(cotangent)
+
+    start = time.perf_counter()
+    jax.jit(step).lower(*args).compile()
+    return time.perf_counter() - start
+
+
+def overheads(
+    sizes=(16, 64, 256), dtype: str = "float32", repeats: int = 7, calls: int = 50
+) -> list[Overhead]:
+    results = []
+    for size in sizes:
+        keys = jax.random.split(jax.random.key(1), 3)
+        args = tuple(jax.random.normal(key, (size, size), dtype) for key in keys)
+        functions = {
+            (name, both): _eager_step(mm, both)
+            for name, mm in (("jaxmm", matmul), ("reference", jnp.matmul))
+            for both in (True, False)
+        }
+        for fn in functions.values():  # warm up: compile the eager ops once
+            for _ in range(3):
+                jax.block_until_ready(fn(*args))
+        samples = {label: [] for label in functions}
+        compile_samples = {"jaxmm": [], "reference": []}
+        for _ in range(repeats):
+            for label, fn in functions.items():
+                samples[label].append(sum(_time_once(fn, args) for _ in range(calls)))
+            compile_samples["jaxmm"].append(_compile_seconds(matmul, args))
+            compile_samples["reference"].append(_compile_seconds(jnp.matmul, args))
+        t = {label: statistics.median(s) for label, s in samples.items()}
+        c = {label: statistics.median(s) for label, s in compile_samples.items()}
+        results.append(
+            Overhead(
+                size,
+                eager_ratio=t["jaxmm", True] / t["reference", True],
+                eager_one_operand_ratio=t["jaxmm", False] / t["reference", False],
+                one_operand_speedup=t["jaxmm", True] / t["jaxmm", False],
+                compile_ratio=c["jaxmm"] / c["reference"],
+            )
+        )
+    return results
 
 
 def plot(results: list[Result], path: str) -> None:

@@ -119,7 +119,7 @@ def dot_general(
 # Compiled as one program when called un-jitted (as jnp's functions are), so that an eager
 # gradient runs a few cached executables instead of the custom rule op by op; inlined into the
 # caller's program when traced.
-@partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+@partial(jax.jit, static_argnums=(2, 3, 4, 5, 6), inline=True)
 def _checked_dot_general(lhs, rhs, *static):
     lhs, rhs = _match_varying_axes(lhs, rhs)
     return _dot_general(lhs, rhs, *static)

@@ -78,7 +78,7 @@ def einsum(
 
 
 # One compiled program when called un-jitted, inlined when traced (see ``_matmul``).
-@partial(jax.jit, static_argnums=(0, 3, 4, 5, 6))
+@partial(jax.jit, static_argnums=(0, 3, 4, 5, 6), inline=True)
 def _einsum(subscripts, a, b, precision, preferred_element_type, out_sharding, residual_dtype):
     a_letters, b_letters, out_letters = _parse(subscripts, a.shape, b.shape)
 

@@ -103,7 +103,7 @@ def matmul(
 # Compiled as one program when called un-jitted (as jnp.matmul is), and inlined into the caller's
 # program when traced: the layout plan and the custom rule's bookkeeping cost Python time once per
 # signature, not once per call.
-@partial(jax.jit, static_argnums=(2, 3, 4, 5))
+@partial(jax.jit, static_argnums=(2, 3, 4, 5), inline=True)
 def _matmul(a, b, precision, preferred_element_type, out_sharding, residual_dtype):
     for position, operand in enumerate((a, b)):
         if operand.ndim < 1:
