@@ -30,6 +30,9 @@ def test_main_job_runs_and_writes_json(tmp_path, monkeypatch, capsys):
     assert cases[:2] == ["square 32", "square 64"] and any(c.startswith("mlp") for c in cases)
     for r in results["benchmark"]:
         assert r["jaxmm_ms"] > 0 and r["reference_ms"] > 0 and r["fraction_of_limit"] > 0
+    assert [o["size"] for o in results["overheads"]] == [16, 64, 256]
+    for o in results["overheads"]:
+        assert o["eager_ratio"] > 0 and o["compile_ratio"] > 0 and o["one_operand_speedup"] > 0
 
 
 def test_self_check_fails_on_a_wrong_matmul(monkeypatch, capsys):
