@@ -52,12 +52,18 @@ def shapes(sizes) -> list[tuple[str, int, int, int]]:
     return cases
 
 
-def _step(mm: Callable) -> Callable:
+def _vjp_step(mm: Callable) -> Callable:
+    """Forward and both cotangents; a new function object on every call (nothing cached)."""
+
     def step(a, b, cotangent):
         out, vjp = jax.vjp(mm, a, b)
         return out, *vjp(cotangent)  # the output too, or XLA drops the forward product
 
-    return jax.jit(step)
+    return step
+
+
+def _step(mm: Callable) -> Callable:
+    return jax.jit(_vjp_step(mm))
 
 
 def _torch_step(m: int, k: int, n: int, dtype: str):
@@ -112,7 +118,6 @@ def measure(
         "reference": (_step(jnp.matmul), (a, b, cotangent)),
         "forward": (jax.jit(jnp.matmul), (a, b)),
     }
-
     # Warm up (compile), and find how many calls make one timing sample long enough.
     calls = 1
     for fn, args in functions.values():
@@ -164,23 +169,19 @@ class Overhead:
 
 
 def _eager_step(mm: Callable, wrt_both: bool) -> Callable:
-    def step(a, b, cotangent):
-        if wrt_both:
-            out, vjp = jax.vjp(mm, a, b)
-        else:
-            out, vjp = jax.vjp(lambda a: mm(a, b), a)
+    if wrt_both:
+        return _vjp_step(mm)
+
+    def step(a, b, cotangent):  # the first operand only: b is a constant
+        out, vjp = jax.vjp(lambda a: mm(a, b), a)
         return out, *vjp(cotangent)
 
     return step
 
 
 def _compile_seconds(mm: Callable, args) -> float:
-    def step(a, b, cotangent):  # a new function each time: nothing cached
-        out, vjp = jax.vjp(mm, a, b)
-        return out, *vjp(cotangent)
-
     start = time.perf_counter()
-    jax.jit(step).lower(*args).compile()
+    _step(mm).lower(*args).compile()  # a new step function: compiled afresh
     return time.perf_counter() - start
 
 

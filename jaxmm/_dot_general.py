@@ -303,11 +303,8 @@ def _lhs_cotangent(
         return _transpose(product, tuple(np.argsort(product_axes, kind="stable")))
 
     if _r_first_pays(cotangent, rhs, summed, lhs_type):
-        if isinstance(cotangent, jax.core.Tracer):
-            lhs_cotangent = lax.platform_dependent(cotangent, rhs, cpu=r_first, default=dy_first)
-        else:  # un-jitted: the platform is known, skip the conditional's dispatch
-            on_cpu = all(d.platform == "cpu" for d in cotangent.devices())
-            lhs_cotangent = (r_first if on_cpu else dy_first)(cotangent, rhs)
+        # Always traced (the public functions are jitted): resolved when compiled for a platform.
+        lhs_cotangent = lax.platform_dependent(cotangent, rhs, cpu=r_first, default=dy_first)
     else:
         lhs_cotangent = dy_first(cotangent, rhs)
     return _cast_like(lhs_cotangent, lhs_type)
