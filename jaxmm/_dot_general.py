@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -39,7 +40,6 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from ._checks import (
-    DotDimensionNumbers,
     as_array,
     canonicalize_dimension_numbers,
     canonicalize_precision,
@@ -47,17 +47,19 @@ from ._checks import (
     canonicalize_residual_dtype,
     check_dot_general,
 )
+from ._residuals import load_operand, save_operand
+from ._typing import ArrayLike, DotDimensionNumbers, DTypeLike, PrecisionLike
 
 
 def dot_general(
-    lhs: Any,
-    rhs: Any,
-    dimension_numbers: Any,
-    precision: Any = None,
-    preferred_element_type: Any = None,
+    lhs: ArrayLike,
+    rhs: ArrayLike,
+    dimension_numbers: DotDimensionNumbers,
+    precision: PrecisionLike = None,
+    preferred_element_type: DTypeLike | None = None,
     *,
     out_sharding: Any = None,
-    residual_dtype: Any = None,
+    residual_dtype: DTypeLike | None = None,
 ) -> jax.Array:
     """General dot product, as ``lax.dot_general``, whose backward pass is derived by hand.
 
@@ -101,6 +103,32 @@ def dot_general(
       >>> jax.grad(lambda w: jaxmm.dot_general(x, w, (((1,), (0,)), ((), ()))).sum())(w)[:, 0]
       Array([3., 5., 7.], dtype=float32)
     """
+    return apply_dot_general(
+        _dot_general,
+        lhs,
+        rhs,
+        dimension_numbers,
+        precision,
+        preferred_element_type,
+        out_sharding,
+        residual_dtype,
+    )
+
+
+def apply_dot_general(
+    product: Callable[..., jax.Array],
+    lhs: ArrayLike,
+    rhs: ArrayLike,
+    dimension_numbers: DotDimensionNumbers,
+    precision: PrecisionLike,
+    preferred_element_type: DTypeLike | None,
+    out_sharding: Any,
+    residual_dtype: DTypeLike | None,
+) -> jax.Array:
+    """Check and canonicalize ``dot_general``'s arguments, then call
+    ``product(lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding,
+    residual_dtype)``: the one entry point of every differentiation mechanism (the
+    ``jax.custom_vjp`` here, the primitive of :mod:`jaxmm.experimental`)."""
     lhs = as_array(lhs, "dot_general", 0)
     rhs = as_array(rhs, "dot_general", 1)
     dimension_numbers = canonicalize_dimension_numbers(dimension_numbers)
@@ -113,16 +141,18 @@ def dot_general(
         canonicalize_preferred_element_type(preferred_element_type),
         out_sharding,
         canonicalize_residual_dtype(residual_dtype),
+        product,
     )
 
 
 # Compiled as one program when called un-jitted (as jnp's functions are), so that an eager
 # gradient runs a few cached executables instead of the custom rule op by op; inlined into the
 # caller's program when traced.
-@partial(jax.jit, static_argnums=(2, 3, 4, 5, 6), inline=True)
+@partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7), inline=True)
 def _checked_dot_general(lhs, rhs, *static):
+    *options, product = static
     lhs, rhs = _match_varying_axes(lhs, rhs)
-    return _dot_general(lhs, rhs, *static)
+    return product(lhs, rhs, *options)
 
 
 def _varying_axes(x: jax.Array) -> frozenset:
@@ -222,28 +252,12 @@ def _dot_general_fwd(
     )
     # dL needs R and dR needs L: the residuals are the two operands, each only if it is needed.
     types = _Types(jax.typeof(lhs), jax.typeof(rhs))
-    saved_lhs = _narrow(lhs, residual_dtype) if _wanted(rhs_primal) else _not_saved(lhs)
-    saved_rhs = _narrow(rhs, residual_dtype) if _wanted(lhs_primal) else _not_saved(rhs)
+    saved_lhs = save_operand(lhs, residual_dtype) if _wanted(rhs_primal) else _not_saved(lhs)
+    saved_rhs = save_operand(rhs, residual_dtype) if _wanted(lhs_primal) else _not_saved(rhs)
     return out, (saved_lhs, saved_rhs, types)
 
 
-def _narrow(operand: jax.Array, residual_dtype: Any) -> jax.Array:
-    """The operand as saved for the backward pass: in ``residual_dtype`` if that is narrower."""
-    if (
-        residual_dtype is None
-        or not jax.numpy.issubdtype(operand.dtype, np.floating)
-        or np.dtype(residual_dtype).itemsize >= operand.dtype.itemsize
-    ):
-        return operand
-    return lax.convert_element_type(operand, residual_dtype)
-
-
-def _widen(saved: jax.Array, dtype: Any) -> jax.Array:
-    """A saved operand back in its own dtype (exact: every narrow value is a wide one)."""
-    return saved if saved.dtype == dtype else lax.convert_element_type(saved, dtype)
-
-
-def _lhs_cotangent(
+def lhs_cotangent(
     cotangent: jax.Array,
     lhs_type: Any,
     rhs: jax.Array,
@@ -310,6 +324,29 @@ def _lhs_cotangent(
     return _cast_like(lhs_cotangent, lhs_type)
 
 
+def rhs_cotangent(
+    cotangent: jax.Array,
+    lhs: jax.Array,
+    rhs_type: Any,
+    dimension_numbers: DotDimensionNumbers,
+    precision: Any,
+    preferred_element_type: Any,
+) -> jax.Array:
+    """``dR[b, c, j] = Σ_i dY[b, i, j] L[b, i, c]``, in ``R``'s axis order, shape and dtype: the
+    lhs rule with the operands' roles (and dimension numbers) swapped."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    swapped = ((rhs_contract, lhs_contract), (rhs_batch, lhs_batch))
+    return lhs_cotangent(
+        cotangent,
+        rhs_type,
+        lhs,
+        swapped,
+        precision,
+        preferred_element_type,
+        rhs_free_first=True,
+    )
+
+
 # Where XLA's CPU backend is fast, and where not (measured on the project's 2-core x86 machine with
 # jaxlib 0.10.2; README "Performance"): a dot runs on the fast YNNPACK kernels only when the
 # contracted axes of its *first* operand are that operand's trailing axes. The lhs rule's product
@@ -349,26 +386,18 @@ def _dot_general_bwd(
     saved_lhs, saved_rhs, types = residuals
     if isinstance(cotangent, SymbolicZero):  # Y does not reach the loss: nothing to propagate.
         return None, None
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-    lhs_cotangent = rhs_cotangent = None
+    lhs_ct = rhs_ct = None
     if _is_saved(saved_rhs, types.rhs):  # R was saved because L's cotangent is wanted
-        rhs = _widen(saved_rhs, types.rhs.dtype)
-        lhs_cotangent = _lhs_cotangent(
+        rhs = load_operand(saved_rhs, types.rhs)
+        lhs_ct = lhs_cotangent(
             cotangent, types.lhs, rhs, dimension_numbers, precision, preferred_element_type
         )
     if _is_saved(saved_lhs, types.lhs):
-        # The rhs rule is the lhs rule with the operands' roles (and dimension numbers) swapped.
-        swapped = ((rhs_contract, lhs_contract), (rhs_batch, lhs_batch))
-        rhs_cotangent = _lhs_cotangent(
-            cotangent,
-            types.rhs,
-            _widen(saved_lhs, types.lhs.dtype),
-            swapped,
-            precision,
-            preferred_element_type,
-            rhs_free_first=True,
+        lhs = load_operand(saved_lhs, types.lhs)
+        rhs_ct = rhs_cotangent(
+            cotangent, lhs, types.rhs, dimension_numbers, precision, preferred_element_type
         )
-    return lhs_cotangent, rhs_cotangent
+    return lhs_ct, rhs_ct
 
 
 _dot_general.defvjp(_dot_general_fwd, _dot_general_bwd, symbolic_zeros=True)

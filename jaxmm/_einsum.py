@@ -11,6 +11,7 @@ For ``'ij,jk->ik'`` (``Y = X W``): ``dX = einsum('ik,jk->ij', dY, W) = dY Wᵀ``
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -25,17 +26,18 @@ from ._checks import (
     result_and_dot_dtypes,
 )
 from ._dot_general import dot_general
+from ._typing import ArrayLike, DTypeLike, PrecisionLike
 
 
 def einsum(
     subscripts: str,
-    a: Any,
-    b: Any,
+    a: ArrayLike,
+    b: ArrayLike,
     *,
-    precision: Any = None,
-    preferred_element_type: Any = None,
+    precision: PrecisionLike = None,
+    preferred_element_type: DTypeLike | None = None,
     out_sharding: Any = None,
-    residual_dtype: Any = None,
+    residual_dtype: DTypeLike | None = None,
 ) -> jax.Array:
     """Two-operand Einstein summation, as ``jnp.einsum``, contracted by ``jaxmm.dot_general``.
 
@@ -64,8 +66,32 @@ def einsum(
       >>> jaxmm.einsum("ij,jk->ik", x, w).shape
       (2, 4)
     """
+    return apply_einsum(
+        dot_general,
+        subscripts,
+        (a, b),
+        precision,
+        preferred_element_type,
+        out_sharding,
+        residual_dtype,
+    )
+
+
+def apply_einsum(
+    dot_general: Callable[..., jax.Array],
+    subscripts: str,
+    operands: tuple[ArrayLike, ...],
+    precision: PrecisionLike,
+    preferred_element_type: DTypeLike | None,
+    out_sharding: Any,
+    residual_dtype: DTypeLike | None,
+) -> jax.Array:
+    """``einsum`` with every contraction computed by ``dot_general`` (a function with the
+    signature of :func:`jaxmm.dot_general`): the one parser and layout plan of every
+    differentiation mechanism."""
     if not isinstance(subscripts, str):
         raise TypeError(f"einsum subscripts must be a string, got {type(subscripts).__name__}.")
+    a, b = operands
     return _einsum(
         subscripts,
         as_array(a, "einsum", 1),
@@ -74,12 +100,15 @@ def einsum(
         canonicalize_preferred_element_type(preferred_element_type),
         out_sharding,
         canonicalize_residual_dtype(residual_dtype),
+        dot_general,
     )
 
 
 # One compiled program when called un-jitted, inlined when traced (see ``_matmul``).
-@partial(jax.jit, static_argnums=(0, 3, 4, 5, 6), inline=True)
-def _einsum(subscripts, a, b, precision, preferred_element_type, out_sharding, residual_dtype):
+@partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7), inline=True)
+def _einsum(
+    subscripts, a, b, precision, preferred_element_type, out_sharding, residual_dtype, dot_general
+):
     a_letters, b_letters, out_letters = _parse(subscripts, a.shape, b.shape)
 
     # A shared index of size 1 in one operand broadcasts against the other (as in jnp.einsum):

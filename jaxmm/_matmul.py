@@ -31,6 +31,7 @@ re-inserting the squeezed size-1 axes restores its rank.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -46,16 +47,17 @@ from ._checks import (
     result_and_dot_dtypes,
 )
 from ._dot_general import dot_general
+from ._typing import ArrayLike, DTypeLike, PrecisionLike
 
 
 def matmul(
-    a: Any,
-    b: Any,
+    a: ArrayLike,
+    b: ArrayLike,
     *,
-    precision: Any = None,
-    preferred_element_type: Any = None,
+    precision: PrecisionLike = None,
+    preferred_element_type: DTypeLike | None = None,
     out_sharding: Any = None,
-    residual_dtype: Any = None,
+    residual_dtype: DTypeLike | None = None,
 ) -> jax.Array:
     """Matrix product with the semantics of ``jnp.matmul`` and a hand-derived backward pass.
 
@@ -90,6 +92,22 @@ def matmul(
       Array([[4., 4.],
              [6., 6.]], dtype=float32)
     """
+    return apply_matmul(
+        dot_general, a, b, precision, preferred_element_type, out_sharding, residual_dtype
+    )
+
+
+def apply_matmul(
+    dot_general: Callable[..., jax.Array],
+    a: ArrayLike,
+    b: ArrayLike,
+    precision: PrecisionLike,
+    preferred_element_type: DTypeLike | None,
+    out_sharding: Any,
+    residual_dtype: DTypeLike | None,
+) -> jax.Array:
+    """``matmul`` with every product computed by ``dot_general`` (a function with the signature
+    of :func:`jaxmm.dot_general`): the one layout plan of every differentiation mechanism."""
     return _matmul(
         as_array(a, "matmul", 0),
         as_array(b, "matmul", 1),
@@ -97,14 +115,15 @@ def matmul(
         canonicalize_preferred_element_type(preferred_element_type),
         out_sharding,
         canonicalize_residual_dtype(residual_dtype),
+        dot_general,
     )
 
 
 # Compiled as one program when called un-jitted (as jnp.matmul is), and inlined into the caller's
 # program when traced: the layout plan and the custom rule's bookkeeping cost Python time once per
 # signature, not once per call.
-@partial(jax.jit, static_argnums=(2, 3, 4, 5), inline=True)
-def _matmul(a, b, precision, preferred_element_type, out_sharding, residual_dtype):
+@partial(jax.jit, static_argnums=(2, 3, 4, 5, 6), inline=True)
+def _matmul(a, b, precision, preferred_element_type, out_sharding, residual_dtype, dot_general):
     for position, operand in enumerate((a, b)):
         if operand.ndim < 1:
             raise ValueError(
