@@ -129,16 +129,6 @@ def canonicalize_preferred_element_type(dtype: Any) -> np.dtype | None:
     return jax.dtypes.canonicalize_dtype(np.dtype(dtype))
 
 
-def canonicalize_residual_dtype(dtype: Any) -> np.dtype | None:
-    """``None`` (save the operands as they are), or the real floating dtype to save them in."""
-    if dtype is None:
-        return None
-    dtype = jax.dtypes.canonicalize_dtype(np.dtype(dtype))
-    if not jax.numpy.issubdtype(dtype, np.floating):
-        raise TypeError(f"residual_dtype must be a real floating-point dtype, got {dtype}.")
-    return dtype
-
-
 def result_and_dot_dtypes(a: jax.Array, b: jax.Array, preferred_element_type: Any):
     """The dtype ``jnp.matmul``/``jnp.einsum`` return, and the preferred type to give the dot.
 

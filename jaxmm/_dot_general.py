@@ -44,10 +44,9 @@ from ._checks import (
     canonicalize_dimension_numbers,
     canonicalize_precision,
     canonicalize_preferred_element_type,
-    canonicalize_residual_dtype,
     check_dot_general,
 )
-from ._residuals import load_operand, save_operand
+from ._residuals import ResidualFormat, canonicalize_residual, load_operand, save_operand
 from ._typing import ArrayLike, DotDimensionNumbers, DTypeLike, PrecisionLike
 
 
@@ -60,6 +59,7 @@ def dot_general(
     *,
     out_sharding: Any = None,
     residual_dtype: DTypeLike | None = None,
+    residual_scaling: str = "tensor",
 ) -> jax.Array:
     """General dot product, as ``lax.dot_general``, whose backward pass is derived by hand.
 
@@ -111,7 +111,7 @@ def dot_general(
         precision,
         preferred_element_type,
         out_sharding,
-        residual_dtype,
+        canonicalize_residual(residual_dtype, residual_scaling),
     )
 
 
@@ -123,7 +123,7 @@ def apply_dot_general(
     precision: PrecisionLike,
     preferred_element_type: DTypeLike | None,
     out_sharding: Any,
-    residual_dtype: DTypeLike | None,
+    residual: ResidualFormat | None,
 ) -> jax.Array:
     """Check and canonicalize ``dot_general``'s arguments, then call
     ``product(lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding,
@@ -140,7 +140,7 @@ def apply_dot_general(
         canonicalize_precision(precision),
         canonicalize_preferred_element_type(preferred_element_type),
         out_sharding,
-        canonicalize_residual_dtype(residual_dtype),
+        canonicalize_residual(residual),
         product,
     )
 
@@ -184,7 +184,7 @@ def _match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _dot_general(
-    lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding, residual_dtype
+    lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding, residual
 ):
     return lax.dot_general(
         lhs,
@@ -234,7 +234,7 @@ def _dot_general_fwd(
     precision,
     preferred_element_type,
     out_sharding,
-    residual_dtype,
+    residual,
 ):
     # With ``symbolic_zeros=True`` each primal arrives wrapped with a ``perturbed`` flag: an operand
     # that no derivative flows into (frozen weights, inputs) needs no cotangent, so its cotangent
@@ -252,8 +252,8 @@ def _dot_general_fwd(
     )
     # dL needs R and dR needs L: the residuals are the two operands, each only if it is needed.
     types = _Types(jax.typeof(lhs), jax.typeof(rhs))
-    saved_lhs = save_operand(lhs, residual_dtype) if _wanted(rhs_primal) else _not_saved(lhs)
-    saved_rhs = save_operand(rhs, residual_dtype) if _wanted(lhs_primal) else _not_saved(rhs)
+    saved_lhs = save_operand(lhs, residual) if _wanted(rhs_primal) else _not_saved(lhs)
+    saved_rhs = save_operand(rhs, residual) if _wanted(lhs_primal) else _not_saved(rhs)
     return out, (saved_lhs, saved_rhs, types)
 
 
@@ -379,7 +379,7 @@ def _dot_general_bwd(
     precision,
     preferred_element_type,
     out_sharding,
-    residual_dtype,
+    residual,
     residuals,
     cotangent,
 ):

@@ -22,10 +22,10 @@ from ._checks import (
     as_array,
     canonicalize_precision,
     canonicalize_preferred_element_type,
-    canonicalize_residual_dtype,
     result_and_dot_dtypes,
 )
 from ._dot_general import dot_general
+from ._residuals import ResidualFormat, canonicalize_residual
 from ._typing import ArrayLike, DTypeLike, PrecisionLike
 
 
@@ -38,6 +38,7 @@ def einsum(
     preferred_element_type: DTypeLike | None = None,
     out_sharding: Any = None,
     residual_dtype: DTypeLike | None = None,
+    residual_scaling: str = "tensor",
 ) -> jax.Array:
     """Two-operand Einstein summation, as ``jnp.einsum``, contracted by ``jaxmm.dot_general``.
 
@@ -73,7 +74,7 @@ def einsum(
         precision,
         preferred_element_type,
         out_sharding,
-        residual_dtype,
+        canonicalize_residual(residual_dtype, residual_scaling),
     )
 
 
@@ -84,7 +85,7 @@ def apply_einsum(
     precision: PrecisionLike,
     preferred_element_type: DTypeLike | None,
     out_sharding: Any,
-    residual_dtype: DTypeLike | None,
+    residual: ResidualFormat | None,
 ) -> jax.Array:
     """``einsum`` with every contraction computed by ``dot_general`` (a function with the
     signature of :func:`jaxmm.dot_general`): the one parser and layout plan of every
@@ -99,7 +100,7 @@ def apply_einsum(
         canonicalize_precision(precision),
         canonicalize_preferred_element_type(preferred_element_type),
         out_sharding,
-        canonicalize_residual_dtype(residual_dtype),
+        canonicalize_residual(residual),
         dot_general,
     )
 
@@ -107,7 +108,7 @@ def apply_einsum(
 # One compiled program when called un-jitted, inlined when traced (see ``_matmul``).
 @partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7), inline=True)
 def _einsum(
-    subscripts, a, b, precision, preferred_element_type, out_sharding, residual_dtype, dot_general
+    subscripts, a, b, precision, preferred_element_type, out_sharding, residual, dot_general
 ):
     a_letters, b_letters, out_letters = _parse(subscripts, a.shape, b.shape)
 
@@ -141,7 +142,7 @@ def _einsum(
         precision,
         dot_dtype,
         out_sharding=out_sharding,
-        residual_dtype=residual_dtype,
+        residual_dtype=residual,
     )
     # dot_general emits (batch, a's free, b's free); reorder to the requested output.
     product_letters = (

@@ -43,10 +43,10 @@ from ._checks import (
     as_array,
     canonicalize_precision,
     canonicalize_preferred_element_type,
-    canonicalize_residual_dtype,
     result_and_dot_dtypes,
 )
 from ._dot_general import dot_general
+from ._residuals import ResidualFormat, canonicalize_residual
 from ._typing import ArrayLike, DTypeLike, PrecisionLike
 
 
@@ -58,6 +58,7 @@ def matmul(
     preferred_element_type: DTypeLike | None = None,
     out_sharding: Any = None,
     residual_dtype: DTypeLike | None = None,
+    residual_scaling: str = "tensor",
 ) -> jax.Array:
     """Matrix product with the semantics of ``jnp.matmul`` and a hand-derived backward pass.
 
@@ -93,7 +94,13 @@ def matmul(
              [6., 6.]], dtype=float32)
     """
     return apply_matmul(
-        dot_general, a, b, precision, preferred_element_type, out_sharding, residual_dtype
+        dot_general,
+        a,
+        b,
+        precision,
+        preferred_element_type,
+        out_sharding,
+        canonicalize_residual(residual_dtype, residual_scaling),
     )
 
 
@@ -104,7 +111,7 @@ def apply_matmul(
     precision: PrecisionLike,
     preferred_element_type: DTypeLike | None,
     out_sharding: Any,
-    residual_dtype: DTypeLike | None,
+    residual: ResidualFormat | None,
 ) -> jax.Array:
     """``matmul`` with every product computed by ``dot_general`` (a function with the signature
     of :func:`jaxmm.dot_general`): the one layout plan of every differentiation mechanism."""
@@ -114,7 +121,7 @@ def apply_matmul(
         canonicalize_precision(precision),
         canonicalize_preferred_element_type(preferred_element_type),
         out_sharding,
-        canonicalize_residual_dtype(residual_dtype),
+        canonicalize_residual(residual),
         dot_general,
     )
 
@@ -123,7 +130,7 @@ def apply_matmul(
 # program when traced: the layout plan and the custom rule's bookkeeping cost Python time once per
 # signature, not once per call.
 @partial(jax.jit, static_argnums=(2, 3, 4, 5, 6), inline=True)
-def _matmul(a, b, precision, preferred_element_type, out_sharding, residual_dtype, dot_general):
+def _matmul(a, b, precision, preferred_element_type, out_sharding, residual, dot_general):
     for position, operand in enumerate((a, b)):
         if operand.ndim < 1:
             raise ValueError(
@@ -196,7 +203,7 @@ def _matmul(a, b, precision, preferred_element_type, out_sharding, residual_dtyp
         precision=precision,
         preferred_element_type=dot_dtype,
         out_sharding=out_sharding,
-        residual_dtype=residual_dtype,
+        residual_dtype=residual,
     )
     # dot_general emits (batch, a free, b free); put each axis at its broadcast position.
     permutation = tuple(int(p) for p in np.argsort(out_batch + out_a_free + out_b_free))

@@ -6,22 +6,50 @@ that dtype is saved narrowed, and widened again when the backward pass reads it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from jax import lax
 
+SCALINGS = ("tensor", "channel")
 
-def save_operand(operand: jax.Array, residual_dtype: Any) -> Any:
-    """The operand as saved for the backward pass: in ``residual_dtype`` if that is narrower."""
+
+class ResidualFormat(NamedTuple):
+    """How operands are saved for the backward pass: the canonical, hashable (static) form of the
+    public ``residual_dtype`` and ``residual_scaling`` options."""
+
+    dtype: np.dtype
+    scaling: str  # one of SCALINGS
+
+
+def canonicalize_residual(dtype: Any, scaling: str = "tensor") -> ResidualFormat | None:
+    """``None`` (save the operands as they are), or the format to save them in.
+
+    A ``ResidualFormat`` passes through unchanged, so that a public function can hand its
+    canonical options on to another public function.
+    """
+    if isinstance(dtype, ResidualFormat):
+        return dtype
+    if scaling not in SCALINGS:
+        raise ValueError(f"residual_scaling must be one of {SCALINGS}, got {scaling!r}.")
+    if dtype is None:
+        return None
+    dtype = jax.dtypes.canonicalize_dtype(np.dtype(dtype))
+    if not jax.numpy.issubdtype(dtype, np.floating):
+        raise TypeError(f"residual_dtype must be a real floating-point dtype, got {dtype}.")
+    return ResidualFormat(dtype, scaling)
+
+
+def save_operand(operand: jax.Array, residual: ResidualFormat | None) -> Any:
+    """The operand as saved for the backward pass: in ``residual.dtype`` if that is narrower."""
     if (
-        residual_dtype is None
+        residual is None
         or not jax.numpy.issubdtype(operand.dtype, np.floating)
-        or np.dtype(residual_dtype).itemsize >= operand.dtype.itemsize
+        or residual.dtype.itemsize >= operand.dtype.itemsize
     ):
         return operand
-    return lax.convert_element_type(operand, residual_dtype)
+    return lax.convert_element_type(operand, residual.dtype)
 
 
 def load_operand(saved: Any, operand_type: Any) -> jax.Array:

@@ -93,18 +93,21 @@ def _parameters(fn):
     return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
 
 
-# jaxmm's one addition, last and keyword-only, off by default.
-RESIDUAL_DTYPE = ("residual_dtype", inspect.Parameter.KEYWORD_ONLY, None)
+# jaxmm's additions, last and keyword-only, off by default.
+RESIDUAL_OPTIONS = [
+    ("residual_dtype", inspect.Parameter.KEYWORD_ONLY, None),
+    ("residual_scaling", inspect.Parameter.KEYWORD_ONLY, "tensor"),
+]
 
 
 def test_dot_general_signature_is_lax_dot_general():
     """Flax calls ``dot_general(lhs, rhs, dims, precision=..., preferred_element_type=...)`` and
     nnx adds ``out_sharding=``: the parameters, their kinds and defaults must be lax's."""
-    assert _parameters(jaxmm.dot_general) == [*_parameters(lax.dot_general), RESIDUAL_DTYPE]
+    assert _parameters(jaxmm.dot_general) == [*_parameters(lax.dot_general), *RESIDUAL_OPTIONS]
 
 
 def test_matmul_signature_is_jnp_matmul():
-    assert _parameters(jaxmm.matmul) == [*_parameters(jnp.matmul), RESIDUAL_DTYPE]
+    assert _parameters(jaxmm.matmul) == [*_parameters(jnp.matmul), *RESIDUAL_OPTIONS]
 
 
 @pytest.mark.parametrize("precision", ["highest", ("high", "default"), lax.Precision.HIGHEST])
