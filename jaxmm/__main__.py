@@ -9,6 +9,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 
 import jax
 
@@ -64,7 +65,7 @@ def _check_output_path(parser: argparse.ArgumentParser, option: str, path: str) 
         parser.error(f"{option} {path}: folder {folder} is not writable")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=_prog(),
         description="Check jaxmm against JAX's autodiff, then benchmark its forward+backward step.",
@@ -103,7 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from . import _benchmark, _selfcheck
 
     args = parse_args(argv)
