@@ -21,7 +21,7 @@ tests=(tests/test_matmul.py tests/test_dot_general.py tests/test_einsum.py
 for optional in tests/test_products.py tests/test_experimental.py; do
     [ -f "$optional" ] && tests+=("$optional")
 done
-python -m pytest -q -p no:cacheprovider -p no:randomly "${tests[@]}" 2>&1 | tee "$out/tests.log"
+python -m pytest -q -p no:cacheprovider "${tests[@]}" 2>&1 | tee "$out/tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 for dtype in float32 bfloat16; do
