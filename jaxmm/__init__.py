@@ -6,6 +6,7 @@ to ``einsum`` with any number of operands and to the rest of NumPy's product fam
 by one ``jax.custom_vjp`` function.
 """
 
+from . import testing as testing
 from ._dot_general import dot_general as dot_general
 from ._einsum import einsum as einsum
 from ._matmul import matmul as matmul
@@ -29,6 +30,7 @@ __all__ = [
     "matvec",
     "outer",
     "tensordot",
+    "testing",
     "vdot",
     "vecdot",
     "vecmat",
