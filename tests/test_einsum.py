@@ -64,16 +64,29 @@ def test_einsum_contracts_through_the_custom_rule():
     assert "custom_vjp_call" in str(jaxpr)
 
 
-def test_einsum_preferred_element_type_and_precision():
+@pytest.mark.parametrize(
+    "subscripts, shapes",
+    [("ij,jk->ik", [(3, 4), (4, 5)]), ("ijk,jl,lm->im", [(3, 4, 2), (4, 5), (5, 2)])],
+    ids=str,
+)
+def test_einsum_preferred_element_type_and_precision(subscripts, shapes):
     rng = np.random.default_rng(1)
-    a, b = random_array(rng, (3, 4), jnp.bfloat16), random_array(rng, (4, 5), jnp.bfloat16)
+    operands = [random_array(rng, shape, jnp.bfloat16) for shape in shapes]
     kwargs = dict(precision="highest", preferred_element_type=jnp.float32)
     assert_same_vjp(
-        lambda a, b: jaxmm.einsum("ij,jk->ik", a, b, **kwargs),
-        lambda a, b: jnp.einsum("ij,jk->ik", a, b, **kwargs),
-        a,
-        b,
+        lambda *ops: jaxmm.einsum(subscripts, *ops, **kwargs),
+        lambda *ops: jnp.einsum(subscripts, *ops, **kwargs),
+        *operands,
     )
+
+
+def test_einsum_residual_dtype_reaches_every_product():
+    operands = [jnp.ones(s) for s in [(2, 3), (3, 4), (4, 5)]]
+    _, vjp = jax.vjp(
+        lambda *ops: jaxmm.einsum("ij,jk,kl->il", *ops, residual_dtype=jnp.bfloat16), *operands
+    )
+    saved = [x for x in jax.tree.leaves(vjp) if x.size and x.ndim == 2]
+    assert len(saved) == 4 and {x.dtype for x in saved} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_backward_of_A_B_to_C_is_C_B_to_A():
