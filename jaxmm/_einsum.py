@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import functools
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -261,7 +261,7 @@ def _sum(x: jax.Array, axes: tuple[int, ...], result_dtype: Any) -> jax.Array:
     return lax.reduce_sum(x, axes)
 
 
-def _reduce(x: jax.Array, letters: tuple, needed: tuple, result_dtype: Any):
+def _reduce(x: jax.Array, letters: Sequence[str], needed: Sequence[str], result_dtype: Any):
     """``x`` with each repeated letter reduced to its diagonal (one axis if the letter is
     ``needed``, none if not) and each letter nobody else ``needed`` summed out."""
     letters = list(letters)
@@ -331,9 +331,10 @@ def _cached_path(letters, out_letters, shapes, optimize) -> tuple:
     else:
         strategy = list(optimize) if isinstance(optimize, tuple) else optimize
     dummies = [_Shaped(shape) for shape in shapes]
-    _, contractions = opt_einsum.contract_path(
+    # einsum_call=True: opt_einsum's (operands, contraction list) form, as jnp.einsum uses it.
+    contractions: Any = opt_einsum.contract_path(
         spec, *dummies, einsum_call=True, use_blas=True, optimize=strategy
-    )
+    )[1]
     steps = []
     for positions, _, step_spec, *_ in contractions:
         if len(positions) > 2:

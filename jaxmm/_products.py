@@ -466,6 +466,7 @@ def _check_vectorized(
 # One program when called un-jitted, inlined when traced (as in ``_matmul``).
 @partial(jax.jit, static_argnums=(2, 3, 4, 5, 6), inline=True)
 def _jitted_product(a, b, dimension_numbers, precision, preferred_element_type, out_sharding, res):
+    result_dtype: Any
     result_dtype, dot_dtype = result_and_dot_dtypes(a, b, preferred_element_type)
     y = dot_general(
         a,

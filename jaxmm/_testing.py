@@ -208,7 +208,7 @@ def structure(fn: Callable, *args: Any) -> dict[str, Any]:
     compiled = (
         jax.jit(_outputs_and_cotangents, static_argnums=0).lower(fn, args, cotangent).compile()
     )
-    text = compiled.as_text()
+    text = compiled.as_text() or ""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     figures: dict[str, Any] = {
