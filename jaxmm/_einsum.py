@@ -188,6 +188,8 @@ def _einsum(
     permutation = tuple(x_letters.index(c) for c in out_letters)
     if permutation != tuple(range(len(permutation))):
         x = lax.transpose(x, permutation)
+    if out_sharding is not None and len(steps[-1][0]) == 1:  # no product took the sharding
+        x = jax.sharding.reshard(x, out_sharding)
     if x.dtype != result_dtype:
         x = lax.convert_element_type(x, result_dtype)
     return x
