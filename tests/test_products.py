@@ -10,6 +10,7 @@ import pytest
 from reference import ALL_DTYPES, assert_close, assert_same_vjp, random_array, x64_context
 
 import jaxmm
+from jaxmm.testing import check_vjp
 
 NAMES = ["dot", "tensordot", "vdot", "inner", "outer", "matvec", "vecmat", "vecdot"]
 
@@ -140,6 +141,14 @@ def test_product_under_vmap_and_hessian(name):
         jax.jit(jax.hessian(loss(ours), argnums=(0, 1)))(a[0], b[0]),
         jax.jit(jax.hessian(loss(theirs), argnums=(0, 1)))(a[0], b[0]),
     )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_product_eagerly(name):
+    _, a_shape, b_shape, kwargs = ONE_CASE_EACH[NAMES.index(name)]
+    rng = np.random.default_rng(4)
+    a, b = random_array(rng, a_shape, jnp.complex64), random_array(rng, b_shape, jnp.complex64)
+    check_vjp(*_fns(name, kwargs), a, b, modes=("eager",))
 
 
 def test_residual_dtype_reaches_the_product():
