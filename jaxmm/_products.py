@@ -58,9 +58,10 @@ def dot(
         saved for the backward pass (see :func:`jaxmm.dot_general`).
 
     Returns:
-      ``Y[..., (…b's leading), k] = Σ_c a[..., c] b[..., c, k]`` of shape
-      ``a.shape[:-1] + b.shape[:-2] + b.shape[-1:]`` (no broadcasting: unlike ``matmul`` the
-      leading axes of both are kept); for a 1-D ``b`` the shape is ``a.shape[:-1]``.
+      ``Y[i, j, k] = Σ_c a[i, c] b[j, c, k]`` (``i`` all of ``a``'s leading axes, ``j`` all of
+      ``b``'s) of shape ``a.shape[:-1] + b.shape[:-2] + b.shape[-1:]``: no broadcasting, unlike
+      ``matmul``, the leading axes of both are kept; for a 1-D ``b`` the shape is
+      ``a.shape[:-1]``.
 
     Backward (2-D, ``Y = A B``): ``dA = dY Bᵀ``, ``dB = Aᵀ dY``; in general
     ``dA[i, c] = Σ_j dY[i, j] B[c, j]`` and ``dB[c, j] = Σ_i A[i, c] dY[i, j]``, with ``i`` all of
