@@ -17,6 +17,7 @@ from reference import (
 )
 
 import jaxmm
+from jaxmm.testing import check_structure
 
 # (subscripts, a.shape, b.shape)
 EINSUM_CASES = [
@@ -260,6 +261,24 @@ def test_every_pairwise_contraction_is_the_custom_rule():
     assert names.count("custom_vjp_call") == 3
     top_level = [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns]
     assert "dot_general" not in top_level
+
+
+@pytest.mark.parametrize(
+    "subscripts, shapes",
+    [
+        ("ij,jk,kl->il", [(8, 16), (16, 4), (4, 32)]),
+        ("bqd,bkd,bkv->bqv", [(2, 8, 16), (2, 8, 16), (2, 8, 16)]),
+        ("ii,ij->j", [(8, 8), (8, 4)]),
+    ],
+    ids=str,
+)
+def test_compiled_gradient_has_jnps_dots_and_flops(subscripts, shapes):
+    operands = [jnp.ones(shape) for shape in shapes]
+    check_structure(
+        lambda *ops: jaxmm.einsum(subscripts, *ops),
+        lambda *ops: jnp.einsum(subscripts, *ops),
+        *operands,
+    )
 
 
 def test_einsum_of_many_operands_under_jit_vmap_and_hessian():

@@ -10,7 +10,7 @@ import pytest
 from reference import ALL_DTYPES, assert_close, assert_same_vjp, random_array, x64_context
 
 import jaxmm
-from jaxmm.testing import check_vjp
+from jaxmm.testing import check_structure, check_vjp
 
 NAMES = ["dot", "tensordot", "vdot", "inner", "outer", "matvec", "vecmat", "vecdot"]
 
@@ -141,6 +141,26 @@ def test_product_under_vmap_and_hessian(name):
         jax.jit(jax.hessian(loss(ours), argnums=(0, 1)))(a[0], b[0]),
         jax.jit(jax.hessian(loss(theirs), argnums=(0, 1)))(a[0], b[0]),
     )
+
+
+STRUCTURE_CASES = [
+    ("dot", (16, 32), (32, 8), {}),
+    ("tensordot", (4, 8, 16), (16, 8, 4), {"axes": ((1, 2), (1, 0))}),
+    ("vdot", (8, 16), (8, 16), {}),
+    ("inner", (8, 16), (4, 16), {}),
+    ("matvec", (4, 8, 16), (4, 16), {}),
+    ("vecmat", (4, 16), (4, 16, 8), {}),
+    ("vecdot", (4, 16), (1, 16), {}),
+]
+
+
+@pytest.mark.parametrize("name, a_shape, b_shape, kwargs", STRUCTURE_CASES, ids=str)
+def test_compiled_gradient_has_jnps_dots_and_flops(name, a_shape, b_shape, kwargs):
+    """The same compiled forward+backward program as jnp's autodiff, dot for dot (outer is left
+    out: jnp.outer multiplies, jaxmm.outer is a dot_general with no contracted axis, whose
+    cotangents are matrix-vector products)."""
+    a, b = jnp.ones(a_shape, jnp.complex64), jnp.ones(b_shape, jnp.complex64)
+    check_structure(*_fns(name, kwargs), a, b)
 
 
 @pytest.mark.parametrize("name", NAMES)
