@@ -370,7 +370,7 @@ def einsum_specs(draw):
     return subscripts, shapes
 
 
-@settings(max_examples=25)
+@settings(max_examples=15)
 @given(
     spec=einsum_specs(),
     dtype=st.sampled_from([jnp.float32, jnp.complex64, jnp.int32, jnp.bool_]),
