@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 
 import jax
 
@@ -46,32 +48,63 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def _prog() -> str:
+    """The command as the user typed it: ``jaxmm`` (the installed script) or ``python -m jaxmm``."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python -m jaxmm" if invoked in ("", "__main__.py", "-c") else invoked
+
+
+def _check_output_path(parser: argparse.ArgumentParser, option: str, path: str) -> None:
+    """Refuse, before any work, an output path that cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        parser.error(f"{option} {path}: is a directory, not a file path")
+    if not os.path.isdir(folder):
+        parser.error(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        parser.error(f"{option} {path}: folder {folder} is not writable")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m jaxmm",
+        prog=_prog(),
         description="Check jaxmm against JAX's autodiff, then benchmark its forward+backward step.",
     )
     parser.add_argument("--quick", action="store_true", help="smaller sweep, fewer repeats")
-    parser.add_argument("--sizes", type=_sizes, help="square sizes, e.g. 64,256,1024")
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        help="square sizes of the step benchmark, e.g. 64,256,1024; the two MLP cases are sized "
+        "from the largest, and the eager/compile table always uses 16,64,256",
+    )
     parser.add_argument(
         "--dtype",
         default="float32",
         choices=["float32", "bfloat16", "float16"],
         help="benchmark dtype (default float32)",
     )
-    parser.add_argument("--json", metavar="PATH", help="write machine-readable results here")
-    parser.add_argument("--plot", metavar="PATH", help="write a PNG chart (needs matplotlib)")
+    parser.add_argument(
+        "--json", metavar="PATH", help="write the self-check and benchmark results here"
+    )
+    parser.add_argument(
+        "--plot", metavar="PATH", help="write a PNG chart of the benchmark (needs matplotlib)"
+    )
     parser.add_argument("--no-benchmark", action="store_true", help="run the self-check only")
     args = parser.parse_args(argv)
+    if args.plot and args.no_benchmark:
+        parser.error("--plot charts the benchmark, which --no-benchmark turns off")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            _check_output_path(parser, option, path)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            parser.error("--plot needs matplotlib: pip install 'jaxmm[plot]'")
+            parser.error("--plot needs matplotlib: pip install matplotlib")
     return args
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from . import _benchmark, _selfcheck
 
     args = parse_args(argv)
@@ -141,9 +174,6 @@ def main(argv=None) -> int:
                 f"{o.size:6d} {o.eager_ratio:7.3f} {o.eager_one_operand_ratio:15.3f} "
                 f"{o.one_operand_speedup:16.2f}x {o.compile_ratio:8.3f}"
             )
-        if args.plot:
-            _benchmark.plot(results, args.plot)
-            print(f"chart written to {args.plot}")
 
     if args.json:
         with open(args.json, "w") as f:
@@ -169,6 +199,9 @@ def main(argv=None) -> int:
                 indent=2,
             )
         print(f"results written to {args.json}")
+    if args.plot:
+        _benchmark.plot(results, args.plot)
+        print(f"chart written to {args.plot}")
     return 1 if failures else 0
 
 

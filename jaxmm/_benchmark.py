@@ -8,8 +8,9 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,11 +38,11 @@ class Result:
     torch_ms: float | None = None  # torch.matmul + backward, when torch is installed
     torch_ratio: float | None = None  # jaxmm / torch step time
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def shapes(sizes) -> list[tuple[str, int, int, int]]:
+def shapes(sizes: Sequence[int]) -> list[tuple[str, int, int, int]]:
     """(name, m, k, n) for ``(m, k) @ (k, n)``: squares, then transformer MLP projections
     ``(tokens, d_model) @ (d_model, 4·d_model)`` sized like the largest square."""
     cases = [(f"square {s}", s, s, s) for s in sizes]
@@ -52,21 +53,21 @@ def shapes(sizes) -> list[tuple[str, int, int, int]]:
     return cases
 
 
-def _vjp_step(mm: Callable) -> Callable:
+def _vjp_step(mm: Callable[..., jax.Array]) -> Callable[..., Any]:
     """Forward and both cotangents; a new function object on every call (nothing cached)."""
 
-    def step(a, b, cotangent):
+    def step(a: jax.Array, b: jax.Array, cotangent: jax.Array) -> tuple[jax.Array, ...]:
         out, vjp = jax.vjp(mm, a, b)
         return out, *vjp(cotangent)  # the output too, or XLA drops the forward product
 
     return step
 
 
-def _step(mm: Callable) -> Callable:
+def _step(mm: Callable[..., jax.Array]) -> Any:
     return jax.jit(_vjp_step(mm))
 
 
-def _torch_step(m: int, k: int, n: int, dtype: str):
+def _torch_step(m: int, k: int, n: int, dtype: str) -> Callable[[], Any] | None:
     """PyTorch's autograd step on the same shapes, or None without torch (an optional peer)."""
     if "torch" not in sys.modules:
         # OpenMP threads that spin between torch calls would steal this 2-core machine's cores
@@ -84,7 +85,7 @@ def _torch_step(m: int, k: int, n: int, dtype: str):
     a.requires_grad_(True)
     b.requires_grad_(True)
 
-    def step():
+    def step() -> tuple[Any, Any, Any]:
         a.grad = b.grad = None
         out = torch.matmul(a, b)
         out.backward(cotangent)
@@ -93,7 +94,7 @@ def _torch_step(m: int, k: int, n: int, dtype: str):
     return step
 
 
-def _time_once(fn: Callable, args) -> float:
+def _time_once(fn: Callable[..., Any], args: Sequence[Any]) -> float:
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     return time.perf_counter() - start
@@ -113,7 +114,7 @@ def measure(
     a = jax.random.normal(key_a, (m, k), dtype)
     b = jax.random.normal(key_b, (k, n), dtype)
     cotangent = jax.random.normal(key_c, (m, n), dtype)
-    functions = {
+    functions: dict[str, tuple[Callable[..., Any], tuple[jax.Array, ...]]] = {
         "jaxmm": (_step(matmul), (a, b, cotangent)),
         "reference": (_step(jnp.matmul), (a, b, cotangent)),
         "forward": (jax.jit(jnp.matmul), (a, b)),
@@ -164,29 +165,33 @@ class Overhead:
     one_operand_speedup: float  # jaxmm eager: both-gradient time / one-gradient time
     compile_ratio: float  # jaxmm / reference time to trace, lower and compile the step
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _eager_step(mm: Callable, wrt_both: bool) -> Callable:
+def _eager_step(mm: Callable[..., jax.Array], wrt_both: bool) -> Callable[..., Any]:
     if wrt_both:
         return _vjp_step(mm)
 
-    def step(a, b, cotangent):  # the first operand only: b is a constant
+    def step(a: jax.Array, b: jax.Array, cotangent: jax.Array) -> tuple[jax.Array, ...]:
+        # the first operand only: b is a constant
         out, vjp = jax.vjp(lambda a: mm(a, b), a)
         return out, *vjp(cotangent)
 
     return step
 
 
-def _compile_seconds(mm: Callable, args) -> float:
+def _compile_seconds(mm: Callable[..., jax.Array], args: Sequence[Any]) -> float:
     start = time.perf_counter()
     _step(mm).lower(*args).compile()  # a new step function: compiled afresh
     return time.perf_counter() - start
 
 
 def overheads(
-    sizes=(16, 64, 256), dtype: str = "float32", repeats: int = 7, calls: int = 50
+    sizes: Sequence[int] = (16, 64, 256),
+    dtype: str = "float32",
+    repeats: int = 7,
+    calls: int = 50,
 ) -> list[Overhead]:
     results = []
     for size in sizes:
@@ -200,8 +205,8 @@ def overheads(
         for fn in functions.values():  # warm up: compile the eager ops once
             for _ in range(3):
                 jax.block_until_ready(fn(*args))
-        samples = {label: [] for label in functions}
-        compile_samples = {"jaxmm": [], "reference": []}
+        samples: dict[tuple[str, bool], list[float]] = {label: [] for label in functions}
+        compile_samples: dict[str, list[float]] = {"jaxmm": [], "reference": []}
         for _ in range(repeats):
             for label, fn in functions.items():
                 samples[label].append(sum(_time_once(fn, args) for _ in range(calls)))

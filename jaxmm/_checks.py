@@ -122,21 +122,23 @@ def check_dot_general(
             )
 
 
-def canonicalize_preferred_element_type(dtype: Any) -> np.dtype | None:
+def canonicalize_preferred_element_type(dtype: Any) -> np.dtype[Any] | None:
     """``None``, or the dtype JAX would compute in (float64 becomes float32 without x64)."""
     if dtype is None:
         return None
     return jax.dtypes.canonicalize_dtype(np.dtype(dtype))
 
 
-def result_and_dot_dtypes(a: jax.Array, b: jax.Array, preferred_element_type: Any):
+def result_and_dot_dtypes(
+    a: jax.Array, b: jax.Array, preferred_element_type: Any
+) -> tuple[np.dtype[Any], np.dtype[Any] | None]:
     """The dtype ``jnp.matmul``/``jnp.einsum`` return, and the preferred type to give the dot.
 
     Operands already of the result dtype need no preferred type; passing none keeps a
     weakly-typed result weak, as JAX's is.
     """
     if preferred_element_type is not None:
-        dtype = canonicalize_preferred_element_type(preferred_element_type)
+        dtype = jax.dtypes.canonicalize_dtype(np.dtype(preferred_element_type))
         return dtype, dtype
     result_dtype = jax.dtypes.result_type(a, b)
     return result_dtype, None if a.dtype == b.dtype == result_dtype else result_dtype

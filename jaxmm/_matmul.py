@@ -115,7 +115,7 @@ def apply_matmul(
 ) -> jax.Array:
     """``matmul`` with every product computed by ``dot_general`` (a function with the signature
     of :func:`jaxmm.dot_general`): the one layout plan of every differentiation mechanism."""
-    return _matmul(
+    product: jax.Array = _matmul(
         as_array(a, "matmul", 0),
         as_array(b, "matmul", 1),
         canonicalize_precision(precision),
@@ -124,13 +124,22 @@ def apply_matmul(
         canonicalize_residual(residual),
         dot_general,
     )
+    return product
 
 
 # Compiled as one program when called un-jitted (as jnp.matmul is), and inlined into the caller's
 # program when traced: the layout plan and the custom rule's bookkeeping cost Python time once per
 # signature, not once per call.
 @partial(jax.jit, static_argnums=(2, 3, 4, 5, 6), inline=True)
-def _matmul(a, b, precision, preferred_element_type, out_sharding, residual, dot_general):
+def _matmul(
+    a: jax.Array,
+    b: jax.Array,
+    precision: PrecisionLike,
+    preferred_element_type: DTypeLike | None,
+    out_sharding: Any,
+    residual: ResidualFormat | None,
+    dot_general: Callable[..., jax.Array],
+) -> jax.Array:
     for position, operand in enumerate((a, b)):
         if operand.ndim < 1:
             raise ValueError(
@@ -157,9 +166,14 @@ def _matmul(a, b, precision, preferred_element_type, out_sharding, residual, dot
     a_specs = _batch_specs(a, a_is_matrix, num_batch)
     b_specs = _batch_specs(b, b_is_matrix, num_batch)
 
-    a_squeeze, b_squeeze, both_squeeze = [], [], []  # axes to squeeze / re-insert
-    a_batch, b_batch = [], []  # dot_general batch axes, in the squeezed operands
-    out_batch, out_a_free, out_b_free = [], [], []  # output position of each product axis
+    a_squeeze: list[int] = []  # axes to squeeze from a, from b, and to re-insert
+    b_squeeze: list[int] = []
+    both_squeeze: list[int] = []
+    a_batch: list[int] = []  # dot_general batch axes, in the squeezed operands
+    b_batch: list[int] = []
+    out_batch: list[int] = []  # output position of each product axis
+    out_a_free: list[int] = []
+    out_b_free: list[int] = []
     for position, (a_size, b_size, a_spec, b_spec) in enumerate(
         zip(a_sizes, b_sizes, a_specs, b_specs)
     ):

@@ -14,6 +14,7 @@ from jax import lax
 
 from ._dot_general import dot_general
 from ._matmul import matmul
+from ._typing import DotDimensionNumbers
 
 # Per-dtype tolerance on the error relative to the reference's largest magnitude.
 TOLERANCE = {
@@ -35,7 +36,9 @@ class Case:
     transform: str  # "vjp", "jit", "vmap", "grad" or "hessian"
 
 
-def _dg(dimension_numbers):
+def _dg(
+    dimension_numbers: DotDimensionNumbers,
+) -> tuple[Callable[..., jax.Array], Callable[..., jax.Array]]:
     return (
         lambda lhs, rhs: dot_general(lhs, rhs, dimension_numbers),
         lambda lhs, rhs: lax.dot_general(lhs, rhs, dimension_numbers),
@@ -76,7 +79,7 @@ def cases() -> Iterator[Case]:
         )
 
 
-def _transformed(fn: Callable, transform: str) -> Callable:
+def _transformed(fn: Callable[..., Any], transform: str) -> Callable[..., Any]:
     loss = lambda a, b: jnp.sum(jnp.sin(fn(a, b)))  # noqa: E731
     if transform in ("vjp", "jit"):
         return fn
@@ -95,7 +98,7 @@ def run_case(case: Case, seed: int = 0) -> tuple[float, float]:
         rng = np.random.default_rng(seed)
         dtype = jnp.dtype(case.dtype)
 
-        def draw(shape):
+        def draw(shape: tuple[int, ...]) -> jax.Array:
             values = rng.standard_normal(shape)
             if jnp.issubdtype(dtype, np.complexfloating):
                 values = values + 1j * rng.standard_normal(shape)

@@ -68,3 +68,40 @@ def test_r_first_is_compiled_as_transpose_then_dot(r_first):
     assert "conditional" not in hlo
     jaxpr = jax.make_jaxpr(step)(a, b, g)
     assert "optimization_barrier" in str(jaxpr)
+
+
+# (a shape, b shape): products below, inside and above the transposed-first range on CPU.
+BIT_IDENTICAL_CASES = [((16, 32), (32, 8)), ((300, 256), (256, 300)), ((4, 64, 32), (32, 16))]
+ROUNDING_LEVEL_CASES = [((100, 100), (100, 100)), ((1347, 128), (128, 10))]
+
+
+@pytest.mark.parametrize("a_shape, b_shape", BIT_IDENTICAL_CASES, ids=str)
+def test_gradients_are_bit_identical_to_jax_where_the_same_dots_run(a_shape, b_shape):
+    """Where jaxmm's backward products are the ones JAX's autodiff emits, the gradients are
+    JAX's bit for bit."""
+    rng = np.random.default_rng(2)
+    a, b = random_array(rng, a_shape, jnp.float32), random_array(rng, b_shape, jnp.float32)
+    cotangent = random_array(rng, jnp.matmul(a, b).shape, jnp.float32)
+    step = lambda mm: jax.jit(lambda a, b, g: jax.vjp(mm, a, b)[1](g))
+    for ours, theirs in zip(step(jaxmm.matmul)(a, b, cotangent), step(jnp.matmul)(a, b, cotangent)):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the transposed-first form is CPU-only")
+@pytest.mark.parametrize("a_shape, b_shape", ROUNDING_LEVEL_CASES, ids=str)
+def test_transposed_first_gradient_differs_from_jax_at_rounding_level_only(a_shape, b_shape):
+    """Where jaxmm computes dB = Aᵀ dY as (Aᵀ) · dY with the transposed operand first (CPU,
+    products of 2²⁰-2²⁴ FLOPs), another kernel sums in another order: dB differs from JAX's in
+    the last bits, dA is JAX's bit for bit."""
+    rng = np.random.default_rng(3)
+    a, b = random_array(rng, a_shape, jnp.float32), random_array(rng, b_shape, jnp.float32)
+    cotangent = random_array(rng, jnp.matmul(a, b).shape, jnp.float32)
+    step = lambda mm: jax.jit(lambda a, b, g: jax.vjp(mm, a, b)[1](g))
+    (da, db), (da_ref, db_ref) = (
+        step(jaxmm.matmul)(a, b, cotangent),
+        step(jnp.matmul)(a, b, cotangent),
+    )
+    np.testing.assert_array_equal(da, da_ref)
+    # Rounding level: a few float32 ulps of the sum's magnitude.
+    magnitude = np.abs(a).T @ np.abs(cotangent)
+    assert np.max(np.abs(db - db_ref) / magnitude) < 8 * np.finfo(np.float32).eps

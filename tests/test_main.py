@@ -2,8 +2,10 @@
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
@@ -61,3 +63,57 @@ def test_bad_arguments_get_a_usage_error(bad):
     result = subprocess.run([sys.executable, "-m", "jaxmm", *bad], capture_output=True, text=True)
     assert result.returncode == 2
     assert "usage:" in result.stderr
+
+
+def _run_cli(*args, command=(sys.executable, "-m", "jaxmm"), cwd=None):
+    return subprocess.run([*command, *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--json", "{tmp}/results.json", "--plot", "/no/such/dir/x.png"], "does not exist"),
+        (["--json", "/no/such/dir/x.json"], "does not exist"),
+        (["--json", "{tmp}"], "is a directory"),
+    ],
+    ids=["plot", "json", "json-directory"],
+)
+def test_unwritable_output_paths_are_refused_before_any_work(bad, message, tmp_path):
+    result = _run_cli("--quick", *(arg.format(tmp=tmp_path) for arg in bad))
+    assert result.returncode == 2
+    assert "usage:" in result.stderr and message in result.stderr
+    # Refused at once: no self-check line was printed, and nothing was written (not even the
+    # valid --json path given beside the bad --plot path).
+    assert "self-check" not in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_without_benchmark_is_refused(tmp_path):
+    result = _run_cli("--no-benchmark", "--plot", str(tmp_path / "x.png"))
+    assert result.returncode == 2
+    assert "--no-benchmark" in result.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_json_with_no_benchmark_writes_the_self_check(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(_selfcheck, "cases", _few_cases)
+    out = tmp_path / "self_check.json"
+    assert cli.main(["--no-benchmark", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert len(results["self_check"]) == 3 and results["benchmark"] == []
+
+
+def test_usage_line_names_the_command_as_invoked():
+    module = _run_cli("--nope")
+    assert module.stderr.startswith("usage: python -m jaxmm")
+    script = shutil.which("jaxmm", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the jaxmm console script is not installed next to this Python")
+    installed = _run_cli("--nope", command=(script,))
+    assert installed.returncode == 2
+    assert installed.stderr.startswith("usage: jaxmm ")
+
+
+def test_sizes_help_says_what_it_changes():
+    help_text = _run_cli("--help").stdout
+    assert "MLP cases are sized" in " ".join(help_text.split())
