@@ -27,7 +27,7 @@ from typing import Any
 
 import jax
 import numpy as np
-import opt_einsum
+import opt_einsum  # type: ignore[import-untyped]  # (jnp.einsum's own path finder)
 from jax import lax
 
 from ._checks import (
@@ -40,6 +40,9 @@ from ._residuals import ResidualFormat, canonicalize_residual
 from ._typing import ArrayLike, DTypeLike, PrecisionLike
 
 OptimizeLike = bool | str | list[tuple[int, ...]]
+Letters = tuple[str, ...]  # one index letter per axis
+Shape = tuple[int, ...]
+Step = tuple[tuple[int, ...], Letters]  # (positions of the operands contracted, letters kept)
 
 
 def einsum(
@@ -125,7 +128,7 @@ def apply_einsum(
     letters, out_letters = _parse(subscripts, shapes)
     _check_sizes(subscripts, letters, shapes)
     steps = _path(letters, out_letters, shapes, optimize)
-    return _einsum(
+    result: jax.Array = _einsum(
         arrays,
         letters,
         out_letters,
@@ -136,21 +139,22 @@ def apply_einsum(
         canonicalize_residual(residual),
         dot_general,
     )
+    return result
 
 
 # One compiled program when called un-jitted, inlined when traced (see ``_matmul``).
 @partial(jax.jit, static_argnums=tuple(range(1, 9)), inline=True)
 def _einsum(
-    arrays,
-    letters,
-    out_letters,
-    steps,
-    precision,
-    preferred_element_type,
-    out_sharding,
-    residual,
-    dot_general,
-):
+    arrays: tuple[jax.Array, ...],
+    letters: tuple[Letters, ...],
+    out_letters: Letters,
+    steps: tuple[Step, ...],
+    precision: Any,
+    preferred_element_type: Any,
+    out_sharding: Any,
+    residual: ResidualFormat | None,
+    dot_general: Callable[..., jax.Array],
+) -> jax.Array:
     # As jnp.einsum: every product accumulates in the promoted dtype of all the operands (or
     # the preferred one), and a sum within one operand is taken in it.
     if preferred_element_type is None:
@@ -196,18 +200,18 @@ def _einsum(
 
 
 def _contract(
-    a,
-    a_letters,
-    b,
-    b_letters,
-    wanted,
-    result_dtype,
-    preferred_element_type,
-    precision,
-    out_sharding,
-    residual,
-    dot_general,
-):
+    a: jax.Array,
+    a_letters: Letters,
+    b: jax.Array,
+    b_letters: Letters,
+    wanted: Letters,
+    result_dtype: Any,
+    preferred_element_type: Any,
+    precision: Any,
+    out_sharding: Any,
+    residual: ResidualFormat | None,
+    dot_general: Callable[..., jax.Array],
+) -> tuple[jax.Array, Letters]:
     """One pairwise contraction: ``a`` and ``b`` reduced to the indices the other or ``wanted``
     needs, then one ``dot_general``. Returns the product and its letters."""
     # A shared index of size 1 in one operand broadcasts against the other (as in jnp.einsum):
@@ -243,7 +247,7 @@ def _contract(
     return product, product_letters
 
 
-def _permuted_sharding(out_sharding: Any, product_letters: tuple, wanted: tuple) -> Any:
+def _permuted_sharding(out_sharding: Any, product_letters: Letters, wanted: Letters) -> Any:
     """The sharding for the product's own axis order, given the one asked for in ``wanted``'s."""
     if out_sharding is None or tuple(product_letters) == tuple(wanted):
         return out_sharding
@@ -263,7 +267,9 @@ def _sum(x: jax.Array, axes: tuple[int, ...], result_dtype: Any) -> jax.Array:
     return lax.reduce_sum(x, axes)
 
 
-def _reduce(x: jax.Array, letters: Sequence[str], needed: Sequence[str], result_dtype: Any):
+def _reduce(
+    x: jax.Array, letters: Sequence[str], needed: Sequence[str], result_dtype: Any
+) -> tuple[jax.Array, Letters]:
     """``x`` with each repeated letter reduced to its diagonal (one axis if the letter is
     ``needed``, none if not) and each letter nobody else ``needed`` summed out."""
     letters = list(letters)
@@ -294,7 +300,9 @@ def _reduce(x: jax.Array, letters: Sequence[str], needed: Sequence[str], result_
     return x, tuple(letters)
 
 
-def _squeeze_broadcast(x, letters, other_shape, other_letters):
+def _squeeze_broadcast(
+    x: jax.Array, letters: Letters, other_shape: Shape, other_letters: Letters
+) -> tuple[jax.Array, Letters]:
     """Drop the size-1 axes of ``x`` whose index the other operand has at another size."""
     size_one = [
         i
@@ -306,14 +314,18 @@ def _squeeze_broadcast(x, letters, other_shape, other_letters):
     return lax.squeeze(x, size_one), tuple(c for i, c in enumerate(letters) if i not in size_one)
 
 
-class _LeftToRight(opt_einsum.paths.PathOptimizer):
+class _LeftToRight(opt_einsum.paths.PathOptimizer):  # type: ignore[misc]
     """``optimize=False``: contract the operands in the order given, as ``jnp.einsum``."""
 
-    def __call__(self, inputs, output, size_dict, memory_limit=None):
+    def __call__(
+        self, inputs: list[Any], output: Any, size_dict: Any, memory_limit: Any = None
+    ) -> list[tuple[int, int]]:
         return [(0, 1)] * (len(inputs) - 1)
 
 
-def _path(letters, out_letters, shapes, optimize) -> tuple:
+def _path(
+    letters: tuple[Letters, ...], out_letters: Letters, shapes: tuple[Shape, ...], optimize: Any
+) -> tuple[Step, ...]:
     """The contraction steps ``jnp.einsum`` takes: ``(operand positions, letters kept)`` each,
     the positions into the list of operands left, the result appended last."""
     if isinstance(optimize, list):
@@ -324,8 +336,11 @@ def _path(letters, out_letters, shapes, optimize) -> tuple:
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_path(letters, out_letters, shapes, optimize) -> tuple:
+def _cached_path(
+    letters: tuple[Letters, ...], out_letters: Letters, shapes: tuple[Shape, ...], optimize: Any
+) -> tuple[Step, ...]:
     spec = ",".join("".join(term) for term in letters) + "->" + "".join(out_letters)
+    strategy: Any
     if optimize is True:
         strategy = "optimal"
     elif optimize is False:
@@ -351,11 +366,11 @@ def _cached_path(letters, out_letters, shapes, optimize) -> tuple:
 class _Shaped:
     """What opt_einsum needs to know of an operand: its shape."""
 
-    def __init__(self, shape):
+    def __init__(self, shape: Shape) -> None:
         self.shape = shape
 
 
-def _parse(subscripts: str, shapes: tuple[tuple[int, ...], ...]):
+def _parse(subscripts: str, shapes: tuple[Shape, ...]) -> tuple[tuple[Letters, ...], Letters]:
     """Letters for each axis of every operand and of the output, ``...`` given fresh letters."""
     spec = subscripts.replace(" ", "")
     inputs, arrow, output = spec.partition("->")
@@ -413,7 +428,7 @@ def _ellipsis_rank(term: str, shape: tuple[int, ...], subscripts: str, position:
     return len(shape) - named
 
 
-def _check_sizes(subscripts: str, letters, shapes) -> None:
+def _check_sizes(subscripts: str, letters: tuple[Letters, ...], shapes: tuple[Shape, ...]) -> None:
     """Every index has one size, or size 1 where it broadcasts against another operand; a letter
     repeated within one operand (a diagonal) has one size there."""
     seen: dict[str, tuple[int, int]] = {}  # letter -> (size, operand position)

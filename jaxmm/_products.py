@@ -35,7 +35,8 @@ from ._matmul import apply_matmul
 from ._residuals import ResidualFormat, canonicalize_residual
 from ._typing import ArrayLike, DTypeLike, PrecisionLike
 
-_NONE = ((), ())  # no batch (or no contracting) axes
+Axes = tuple[tuple[int, ...], tuple[int, ...]]  # (lhs axes, rhs axes)
+_NONE: Axes = ((), ())  # no batch (or no contracting) axes
 
 
 def dot(
@@ -73,6 +74,7 @@ def dot(
       (2, 3, 5, 6)
     """
     a, b = as_array(a, "dot", 0), as_array(b, "dot", 1)
+    contract: Axes
     if a.ndim == 0 or b.ndim == 0:
         contract = _NONE  # a scaling: every axis is free
     else:
@@ -133,7 +135,7 @@ def tensordot(
     )
 
 
-def _tensordot_axes(axes: Any, a_shape: tuple, b_shape: tuple) -> tuple:
+def _tensordot_axes(axes: Any, a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> Axes:
     """``axes`` in the forms ``jnp.tensordot`` takes, as (a's, b's) contracting axes."""
     a_ndim, b_ndim = len(a_shape), len(b_shape)
     if type(axes) is int:
@@ -169,14 +171,14 @@ def _tensordot_axes(axes: Any, a_shape: tuple, b_shape: tuple) -> tuple:
     )
 
 
-def _axis(axis: Any, shape: tuple) -> int:
+def _axis(axis: Any, shape: tuple[int, ...]) -> int:
     """``axis`` of an array of ``shape`` as a nonnegative int, or the ValueError JAX raises."""
-    axis = operator.index(axis)
-    if not -len(shape) <= axis < len(shape):
+    index = operator.index(axis)
+    if not -len(shape) <= index < len(shape):
         raise ValueError(
-            f"axis {axis} is out of bounds for array of dimension {len(shape)} (shape {shape})."
+            f"axis {index} is out of bounds for array of dimension {len(shape)} (shape {shape})."
         )
-    return axis % len(shape)
+    return index % len(shape)
 
 
 def vdot(
@@ -247,7 +249,7 @@ def inner(
       (2, 5)
     """
     a, b = as_array(a, "inner", 0), as_array(b, "inner", 1)
-    contract = _NONE if a.ndim == 0 or b.ndim == 0 else ((a.ndim - 1,), (b.ndim - 1,))
+    contract: Axes = _NONE if a.ndim == 0 or b.ndim == 0 else ((a.ndim - 1,), (b.ndim - 1,))
     return _product(
         a,
         b,
@@ -466,7 +468,15 @@ def _check_vectorized(
 
 # One program when called un-jitted, inlined when traced (as in ``_matmul``).
 @partial(jax.jit, static_argnums=(2, 3, 4, 5, 6), inline=True)
-def _jitted_product(a, b, dimension_numbers, precision, preferred_element_type, out_sharding, res):
+def _jitted_product(
+    a: jax.Array,
+    b: jax.Array,
+    dimension_numbers: Any,
+    precision: Any,
+    preferred_element_type: Any,
+    out_sharding: Any,
+    res: ResidualFormat | None,
+) -> jax.Array:
     result_dtype: Any
     result_dtype, dot_dtype = result_and_dot_dtypes(a, b, preferred_element_type)
     y = dot_general(
@@ -492,7 +502,7 @@ def _product(
 ) -> jax.Array:
     """``jaxmm.dot_general`` in the result dtype ``jnp`` gives (the promoted operand dtype, or
     ``preferred_element_type``)."""
-    return _jitted_product(
+    product: jax.Array = _jitted_product(
         a,
         b,
         dimension_numbers,
@@ -501,3 +511,4 @@ def _product(
         out_sharding,
         residual,
     )
+    return product

@@ -99,14 +99,16 @@ def assert_allclose(
     )
 
 
-def _outputs_and_cotangents(fn: Callable, args: tuple, cotangent: Any) -> tuple:
+def _outputs_and_cotangents(
+    fn: Callable[..., Any], args: tuple[Any, ...], cotangent: Any
+) -> tuple[Any, Any]:
     out, vjp = jax.vjp(fn, *args)
     return out, vjp(cotangent)
 
 
 def check_vjp(
-    fn: Callable,
-    reference: Callable,
+    fn: Callable[..., Any],
+    reference: Callable[..., Any],
     *args: Any,
     rtol: float | None = None,
     atol: float | None = None,
@@ -144,7 +146,7 @@ def check_vjp(
     actual_out = jax.eval_shape(fn, *args)
     actual_leaves, actual_structure = jax.tree_util.tree_flatten_with_path(actual_out)
     expected_leaves, expected_structure = jax.tree_util.tree_flatten_with_path(expected_out)
-    if actual_structure != expected_structure:
+    if not _same_tree(actual_structure, expected_structure):
         raise AssertionError(
             f"output: tree structure {actual_structure} != expected {expected_structure}"
         )
@@ -156,7 +158,7 @@ def check_vjp(
             )
     cotangent = jax.tree.map(lambda x: cotangent_like(rng, x), expected_out)
 
-    def both(args, cotangent):
+    def both(args: tuple[Any, ...], cotangent: Any) -> tuple[Any, Any]:
         return (
             _outputs_and_cotangents(fn, args, cotangent),
             _outputs_and_cotangents(reference, args, cotangent),
@@ -173,7 +175,7 @@ def check_vjp(
         ):
             a_leaves, a_structure = jax.tree_util.tree_flatten_with_path(a_tree)
             e_leaves, e_structure = jax.tree_util.tree_flatten_with_path(e_tree)
-            if a_structure != e_structure:
+            if not _same_tree(a_structure, e_structure):
                 raise AssertionError(
                     f"{what} ({mode}): tree structure {a_structure} != expected {e_structure}"
                 )
@@ -181,7 +183,11 @@ def check_vjp(
                 assert_allclose(a, e, f"{_name(what, path)} ({mode})", rtol, atol)
 
 
-def _name(what: str, path: tuple) -> str:
+def _same_tree(a: Any, b: Any) -> bool:
+    return bool(a == b)
+
+
+def _name(what: str, path: tuple[Any, ...]) -> str:
     """``output``, ``output['key']``, ``cotangent of argument 1``, ``... argument 1[0]``."""
     if what == "output":
         return "output" + jax.tree_util.keystr(path)
@@ -199,7 +205,7 @@ _COLLECTIVES = (
 )
 
 
-def structure(fn: Callable, *args: Any) -> dict[str, Any]:
+def structure(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
     """What the compiled program of ``fn``'s VJP (forward and backward, one random cotangent) is
     made of: its number of dot instructions, its XLA FLOPs, and its number of each collective."""
     out = jax.eval_shape(fn, *args)
@@ -221,8 +227,8 @@ def structure(fn: Callable, *args: Any) -> dict[str, Any]:
 
 
 def check_structure(
-    fn: Callable,
-    reference: Callable,
+    fn: Callable[..., Any],
+    reference: Callable[..., Any],
     *args: Any,
     compare: Sequence[str] = ("dots", "flops", "collectives"),
 ) -> dict[str, Any]:
@@ -257,7 +263,7 @@ def check_structure(
 
 
 def check_finite_differences(
-    fn: Callable,
+    fn: Callable[..., Any],
     *args: Any,
     step: float = 1e-3,
     rtol: float = 1e-6,
@@ -300,7 +306,7 @@ def check_finite_differences(
         rng = _rng(seed)
         upstream = jax.tree.map(lambda x: rng.standard_normal(x.shape), out)
 
-        def loss(*xs):
+        def loss(*xs: Any) -> Any:
             ys = jax.tree.leaves(fn(*xs))
             return sum(jnp.sum(u * y) for u, y in zip(jax.tree.leaves(upstream), ys))
 
@@ -310,7 +316,7 @@ def check_finite_differences(
             # Every element moved at once, one per row of a batch: x ± h·e for each unit e.
             units = np.eye(x.size).reshape((x.size, *x.shape)) * step
 
-            def moved_loss(shift, position=position, x=x):
+            def moved_loss(shift: Any, position: int = position, x: Any = x) -> Any:
                 xs = list(wide)
                 xs[position] = x + shift
                 return loss(*xs)
