@@ -310,7 +310,7 @@ def check_finite_differences(
             ys = jax.tree.leaves(fn(*xs))
             return sum(jnp.sum(u * y) for u, y in zip(jax.tree.leaves(upstream), ys))
 
-        _, vjp = jax.vjp(fn, *wide)
+        _, vjp = jax.vjp(fn, *(jnp.asarray(x) for x in wide))
         cotangents = vjp(upstream)
         for position, (x, cotangent) in enumerate(zip(wide, cotangents)):
             # Every element moved at once, one per row of a batch: x ± h·e for each unit e.

@@ -7,6 +7,7 @@ import contextlib
 
 import jax
 import jax.extend
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -45,11 +46,24 @@ def saved_arrays(vjp) -> list:
     return [x for x in jax.tree.leaves(vjp) if x.size]
 
 
+def sub_jaxprs(params) -> list:
+    """The jaxprs nested in an equation's parameters (jit, cond, custom rules), as
+    ``jax.extend.core.jaxprs_in_params`` gives them on the JAX versions that have it."""
+    found = []
+    for value in params.values():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, jax.extend.core.ClosedJaxpr):
+                found.append(item.jaxpr)
+            elif isinstance(item, jax.extend.core.Jaxpr):
+                found.append(item)
+    return found
+
+
 def primitive_names(jaxpr) -> list[str]:
     """Every primitive of a jaxpr, nested jaxprs (jit, cond, custom rules) included."""
     names = []
     for eqn in jaxpr.eqns:
         names.append(eqn.primitive.name)
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        for sub in sub_jaxprs(eqn.params):
             names.extend(primitive_names(sub))
     return names
