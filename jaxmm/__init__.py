@@ -1,14 +1,37 @@
 """jaxmm: matrix multiplication for JAX whose backward pass is derived by hand.
 
 For ``Y = W X`` with upstream gradient ``dY``: ``dX = Wᵀ dY`` and ``dW = dY Xᵀ``; generalised to
-``jnp.matmul`` (vectors, batches, broadcasting) and to ``lax.dot_general`` with any dimension
-numbers, each a ``jax.custom_vjp`` function.
+``jnp.matmul`` (vectors, batches, broadcasting), to ``lax.dot_general`` with any dimension numbers,
+to ``einsum`` with any number of operands and to the rest of NumPy's product family, each computed
+by one ``jax.custom_vjp`` function.
 """
 
+from . import testing as testing
 from ._dot_general import dot_general as dot_general
 from ._einsum import einsum as einsum
 from ._matmul import matmul as matmul
+from ._products import dot as dot
+from ._products import inner as inner
+from ._products import matvec as matvec
+from ._products import outer as outer
+from ._products import tensordot as tensordot
+from ._products import vdot as vdot
+from ._products import vecdot as vecdot
+from ._products import vecmat as vecmat
 
 __version__ = "0.1.0"
 
-__all__ = ["dot_general", "einsum", "matmul"]
+__all__ = [
+    "dot",
+    "dot_general",
+    "einsum",
+    "inner",
+    "matmul",
+    "matvec",
+    "outer",
+    "tensordot",
+    "testing",
+    "vdot",
+    "vecdot",
+    "vecmat",
+]

@@ -1,80 +1,109 @@
-"""Two-operand ``einsum`` whose contraction is one ``jaxmm.dot_general``.
+"""``einsum`` with any number of operands, each pairwise contraction one ``jaxmm.dot_general``.
 
-The seed's mnemonic in einsum form: the backward of ``'A,B->C'`` with respect to the first
-operand is ``'C,B->A'`` (and with respect to the second, ``'A,C->B'``). Each index of ``A`` is
-either kept in ``C`` or contracted with ``B``; in ``'C,B->A'`` the indices of ``B`` that reached
-``C`` are the ones summed, exactly the ``Σ_j`` of ``dL[b, i, c] = Σ_j dY[b, i, j] R[b, c, j]``.
-For ``'ij,jk->ik'`` (``Y = X W``): ``dX = einsum('ik,jk->ij', dY, W) = dY Wᵀ`` and
-``dW = einsum('ij,ik->jk', X, dY) = Xᵀ dY``.
+The operands are contracted two at a time in the order ``jnp.einsum`` takes (opt_einsum's path
+for the same ``optimize=``), so the hand-derived rule sees every product. The backward of one
+pairwise contraction is the seed's mnemonic in einsum form: the backward of ``'A,B->C'`` with
+respect to the first operand is ``'C,B->A'`` (and with respect to the second, ``'A,C->B'``). Each
+index of ``A`` is either kept in ``C`` or contracted with ``B``; in ``'C,B->A'`` the indices of
+``B`` that reached ``C`` are the ones summed, exactly the ``Σ_j`` of
+``dL[b, i, c] = Σ_j dY[b, i, j] R[b, c, j]``. For ``'ij,jk->ik'`` (``Y = X W``):
+``dX = einsum('ik,jk->ij', dY, W) = dY Wᵀ`` and ``dW = einsum('ij,ik->jk', X, dY) = Xᵀ dY``.
+A chain ``'ij,jk,kl->il'`` is a chain of such products, and its backward is theirs, in reverse.
+
+What one operand does on its own (sum an index no one else has, take a diagonal for a letter
+repeated within it, transpose) is linear and not a product: it is done with ``lax`` reductions and
+selects, as ``jnp.einsum`` does, and JAX differentiates those (a sum's cotangent is broadcast
+back, a diagonal's is put back on the diagonal).
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 import jax
+import numpy as np
+import opt_einsum  # type: ignore[import-untyped]  # (jnp.einsum's own path finder)
 from jax import lax
 
 from ._checks import (
     as_array,
     canonicalize_precision,
     canonicalize_preferred_element_type,
-    result_and_dot_dtypes,
 )
 from ._dot_general import dot_general
 from ._residuals import ResidualFormat, canonicalize_residual
 from ._typing import ArrayLike, DTypeLike, PrecisionLike
 
+OptimizeLike = bool | str | list[tuple[int, ...]]
+Letters = tuple[str, ...]  # one index letter per axis
+Shape = tuple[int, ...]
+Step = tuple[tuple[int, ...], Letters]  # (positions of the operands contracted, letters kept)
+
 
 def einsum(
     subscripts: str,
-    a: ArrayLike,
-    b: ArrayLike,
-    *,
+    /,
+    *operands: ArrayLike,
+    out: None = None,
+    optimize: OptimizeLike = "auto",
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
     out_sharding: Any = None,
     residual_dtype: DTypeLike | None = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
-    """Two-operand Einstein summation, as ``jnp.einsum``, contracted by ``jaxmm.dot_general``.
+    """Einstein summation, as ``jnp.einsum``, every contraction a ``jaxmm.dot_general``.
 
     Args:
-      subscripts: ``'A,B->C'`` (or ``'A,B'`` for NumPy's implicit output), where ``A``, ``B`` and
-        ``C`` are strings of index letters, optionally with one ``...`` each for broadcast axes.
-      a: array with one axis per index in ``A``.
-      b: array with one axis per index in ``B``.
+      subscripts: ``'A,B,...->C'`` (or without ``->C`` for NumPy's implicit output), where each
+        term is a string of index letters, optionally with one ``...`` for broadcast axes.
+      *operands: one array per term, with one axis per index of its term.
+      out: unsupported, as in JAX.
+      optimize: the contraction order, as in ``jnp.einsum``: ``'auto'`` (default), ``True``
+        (``'optimal'``), ``False`` (left to right), any opt_einsum strategy name (``'greedy'``,
+        ``'optimal'``, ``'dp'``, ...) or an explicit path such as ``jnp.einsum_path`` returns.
       precision, preferred_element_type, out_sharding: as in ``jnp.einsum``.
-      residual_dtype: jaxmm's own option, off by default: save the operands for the backward
-        pass in this narrower real floating dtype (see :func:`jaxmm.dot_general`).
+      residual_dtype, residual_scaling: jaxmm's own options, off by default: how the operands of
+        each product are saved for the backward pass (see :func:`jaxmm.dot_general`).
 
     Returns:
       Array with one axis per index in ``C``.
 
-    An index shared by ``a`` and ``b`` is a batch axis if it is in ``C`` and contracted otherwise;
-    an index of only one operand that is not in ``C`` is summed within that operand first. A letter
-    repeated within one operand (a trace or a diagonal) is refused with a ValueError.
+    An index shared by two operands of a pairwise contraction is a batch axis if it is needed
+    later (in ``C`` or in another operand) and contracted otherwise; an index of only one operand
+    that is not needed later is summed within that operand first; a letter repeated within one
+    operand takes its diagonal (a trace when it is summed too). Boolean operands give a boolean
+    result (sums are logical ors), as in ``jnp.einsum``.
 
-    Backward: the backward of ``'A,B->C'`` with respect to ``a`` is ``'C,B->A'``, with respect to
-    ``b`` it is ``'A,C->B'`` (the hand-derived ``dot_general`` rule).
+    Backward: for each pairwise contraction ``'A,B->C'``, the cotangent of the first operand is
+    ``'C,B->A'`` and of the second ``'A,C->B'`` (the hand-derived ``dot_general`` rule).
 
     Example:
       >>> import jax.numpy as jnp, jaxmm
-      >>> x, w = jnp.ones((2, 3)), jnp.ones((3, 4))
+      >>> x, w, v = jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.ones((4, 5))
       >>> jaxmm.einsum("ij,jk->ik", x, w).shape
       (2, 4)
+      >>> jaxmm.einsum("ij,jk,kl->il", x, w, v)[0, 0]
+      Array(12., dtype=float32)
+      >>> jaxmm.einsum("ii->", jnp.eye(3))  # a trace: no product needed
+      Array(3., dtype=float32)
     """
+    if out is not None:
+        raise NotImplementedError("The 'out' argument to jaxmm.einsum is not supported.")
     return apply_einsum(
         dot_general,
         subscripts,
-        (a, b),
+        operands,
         precision,
         preferred_element_type,
         out_sharding,
         canonicalize_residual(residual_dtype, residual_scaling),
+        optimize=optimize,
     )
 
 
@@ -86,86 +115,269 @@ def apply_einsum(
     preferred_element_type: DTypeLike | None,
     out_sharding: Any,
     residual: ResidualFormat | None,
+    *,
+    optimize: OptimizeLike = "auto",
 ) -> jax.Array:
     """``einsum`` with every contraction computed by ``dot_general`` (a function with the
-    signature of :func:`jaxmm.dot_general`): the one parser and layout plan of every
+    signature of :func:`jaxmm.dot_general`): the one parser, path and layout plan of every
     differentiation mechanism."""
     if not isinstance(subscripts, str):
         raise TypeError(f"einsum subscripts must be a string, got {type(subscripts).__name__}.")
-    a, b = operands
-    return _einsum(
-        subscripts,
-        as_array(a, "einsum", 1),
-        as_array(b, "einsum", 2),
+    arrays = tuple(as_array(x, "einsum", i + 1) for i, x in enumerate(operands))
+    shapes = tuple(x.shape for x in arrays)
+    letters, out_letters = _parse(subscripts, shapes)
+    _check_sizes(subscripts, letters, shapes)
+    steps = _path(letters, out_letters, shapes, optimize)
+    result: jax.Array = _einsum(
+        arrays,
+        letters,
+        out_letters,
+        steps,
         canonicalize_precision(precision),
         canonicalize_preferred_element_type(preferred_element_type),
         out_sharding,
         canonicalize_residual(residual),
         dot_general,
     )
+    return result
 
 
 # One compiled program when called un-jitted, inlined when traced (see ``_matmul``).
-@partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7), inline=True)
+@partial(jax.jit, static_argnums=tuple(range(1, 9)), inline=True)
 def _einsum(
-    subscripts, a, b, precision, preferred_element_type, out_sharding, residual, dot_general
-):
-    a_letters, b_letters, out_letters = _parse(subscripts, a.shape, b.shape)
+    arrays: tuple[jax.Array, ...],
+    letters: tuple[Letters, ...],
+    out_letters: Letters,
+    steps: tuple[Step, ...],
+    precision: Any,
+    preferred_element_type: Any,
+    out_sharding: Any,
+    residual: ResidualFormat | None,
+    dot_general: Callable[..., jax.Array],
+) -> jax.Array:
+    # As jnp.einsum: every product accumulates in the promoted dtype of all the operands (or
+    # the preferred one), and a sum within one operand is taken in it.
+    if preferred_element_type is None:
+        result_dtype = jax.dtypes.result_type(*arrays)
+    else:
+        result_dtype = preferred_element_type
+    terms = list(zip(arrays, letters))
+    for number, (positions, kept) in enumerate(steps):
+        last = number == len(steps) - 1
+        wanted = out_letters if last else kept
+        if len(positions) == 1:
+            x, x_letters = terms.pop(positions[0])
+            terms.append(_reduce(x, x_letters, kept, result_dtype))
+        else:
+            # The earlier operand is the lhs: for two operands, dot_general(a, b) as written.
+            (a, a_letters), (b, b_letters) = (terms[i] for i in sorted(positions))
+            for i in sorted(positions, reverse=True):
+                terms.pop(i)
+            terms.append(
+                _contract(
+                    a,
+                    a_letters,
+                    b,
+                    b_letters,
+                    wanted,
+                    result_dtype,
+                    preferred_element_type,
+                    precision,
+                    out_sharding if last else None,
+                    residual,
+                    dot_general,
+                )
+            )
+    ((x, x_letters),) = terms
+    permutation = tuple(x_letters.index(c) for c in out_letters)
+    if permutation != tuple(range(len(permutation))):
+        x = lax.transpose(x, permutation)
+    if out_sharding is not None and len(steps[-1][0]) == 1:  # no product took the sharding
+        x = jax.sharding.reshard(x, out_sharding)
+    if x.dtype != result_dtype:
+        x = lax.convert_element_type(x, result_dtype)
+    return x
 
+
+def _contract(
+    a: jax.Array,
+    a_letters: Letters,
+    b: jax.Array,
+    b_letters: Letters,
+    wanted: Letters,
+    result_dtype: Any,
+    preferred_element_type: Any,
+    precision: Any,
+    out_sharding: Any,
+    residual: ResidualFormat | None,
+    dot_general: Callable[..., jax.Array],
+) -> tuple[jax.Array, Letters]:
+    """One pairwise contraction: ``a`` and ``b`` reduced to the indices the other or ``wanted``
+    needs, then one ``dot_general``. Returns the product and its letters."""
     # A shared index of size 1 in one operand broadcasts against the other (as in jnp.einsum):
     # drop it from the size-1 side, where it is constant, and it becomes the other's own index.
     a, a_letters = _squeeze_broadcast(a, a_letters, b.shape, b_letters)
     b, b_letters = _squeeze_broadcast(b, b_letters, a.shape, a_letters)
-    # Indices summed within one operand only: Σ over an axis no one else sees.
-    a, a_letters = _sum_private(a, a_letters, b_letters + out_letters)
-    b, b_letters = _sum_private(b, b_letters, a_letters + out_letters)
+    a, a_letters = _reduce(a, a_letters, (*b_letters, *wanted), result_dtype)
+    b, b_letters = _reduce(b, b_letters, (*a_letters, *wanted), result_dtype)
 
-    batch = [c for c in a_letters if c in b_letters and c in out_letters]
-    contract = [c for c in a_letters if c in b_letters and c not in out_letters]
-    for c in batch + contract:
-        a_size, b_size = a.shape[a_letters.index(c)], b.shape[b_letters.index(c)]
-        if a_size != b_size:
-            raise ValueError(
-                f"einsum {subscripts!r}: index {c!r} has size {a_size} in operand 0 "
-                f"(shape {a.shape}) and {b_size} in operand 1 (shape {b.shape})."
-            )
+    batch = [c for c in a_letters if c in b_letters and c in wanted]
+    contract = [c for c in a_letters if c in b_letters and c not in wanted]
+    a_free = [c for c in a_letters if c not in b_letters]
+    b_free = [c for c in b_letters if c not in a_letters]
+    # dot_general emits (batch, lhs free, rhs free): with the operands swapped the result may
+    # already be in the wanted order, and no transpose is needed (as jnp.einsum tries).
+    if [*batch, *a_free, *b_free] != list(wanted) == [*batch, *b_free, *a_free]:
+        a, a_letters, b, b_letters, a_free, b_free = b, b_letters, a, a_letters, b_free, a_free
     dimension_numbers = (
         (tuple(a_letters.index(c) for c in contract), tuple(b_letters.index(c) for c in contract)),
         (tuple(a_letters.index(c) for c in batch), tuple(b_letters.index(c) for c in batch)),
     )
-
-    result_dtype, dot_dtype = result_and_dot_dtypes(a, b, preferred_element_type)
+    plain = preferred_element_type is None and a.dtype == b.dtype == result_dtype
+    product_letters = (*batch, *a_free, *b_free)
     product = dot_general(
         a,
         b,
         dimension_numbers,
         precision,
-        dot_dtype,
-        out_sharding=out_sharding,
+        None if plain else result_dtype,  # None keeps a weakly-typed result weak
+        out_sharding=_permuted_sharding(out_sharding, product_letters, wanted),
         residual_dtype=residual,
     )
-    # dot_general emits (batch, a's free, b's free); reorder to the requested output.
-    product_letters = (
-        batch
-        + [c for c in a_letters if c not in b_letters]
-        + [c for c in b_letters if c not in a_letters]
-    )
-    permutation = tuple(product_letters.index(c) for c in out_letters)
-    if permutation != tuple(range(len(permutation))):
-        product = lax.transpose(product, permutation)
-    if product.dtype != result_dtype:
-        product = lax.convert_element_type(product, result_dtype)
-    return product
+    return product, product_letters
 
 
-def _parse(subscripts: str, a_shape: tuple[int, ...], b_shape: tuple[int, ...]):
-    """Letters for each axis of ``a``, ``b`` and the output, with ``...`` given fresh letters."""
+def _permuted_sharding(out_sharding: Any, product_letters: Letters, wanted: Letters) -> Any:
+    """The sharding for the product's own axis order, given the one asked for in ``wanted``'s."""
+    if out_sharding is None or tuple(product_letters) == tuple(wanted):
+        return out_sharding
+    if not isinstance(out_sharding, jax.sharding.NamedSharding):
+        raise NotImplementedError("einsum's out_sharding must be a NamedSharding.")
+    spec = tuple(out_sharding.spec) + (None,) * (len(wanted) - len(out_sharding.spec))
+    permuted = (spec[list(wanted).index(c)] for c in product_letters)
+    return out_sharding.update(spec=jax.sharding.PartitionSpec(*permuted))
+
+
+def _sum(x: jax.Array, axes: tuple[int, ...], result_dtype: Any) -> jax.Array:
+    """Σ over ``axes`` in the result dtype, a logical or for booleans (as jnp.einsum)."""
+    if jax.dtypes.result_type(x, result_dtype) != x.dtype:
+        x = lax.convert_element_type(x, result_dtype)
+    if x.dtype == np.bool_:
+        return lax.reduce_or(x, axes)
+    return lax.reduce_sum(x, axes)
+
+
+def _reduce(
+    x: jax.Array, letters: Sequence[str], needed: Sequence[str], result_dtype: Any
+) -> tuple[jax.Array, Letters]:
+    """``x`` with each repeated letter reduced to its diagonal (one axis if the letter is
+    ``needed``, none if not) and each letter nobody else ``needed`` summed out."""
+    letters = list(letters)
+    for c, count in collections.Counter(letters).items():
+        if count == 1:
+            continue
+        axes = [i for i, d in enumerate(letters) if d == c]
+        # x[..., i, ..., i, ...]: keep the elements whose indices along these axes agree, then
+        # sum the copies away (all of them when the letter is a trace).
+        on_diagonal = functools.reduce(
+            lax.bitwise_and,
+            (
+                lax.eq(
+                    lax.broadcasted_iota(np.int32, x.shape, axes[0]),
+                    lax.broadcasted_iota(np.int32, x.shape, axis),
+                )
+                for axis in axes[1:]
+            ),
+        )
+        x = lax.select(on_diagonal, x, lax.full_like(x, 0))
+        summed = axes if c not in needed else axes[:-1]
+        x = _sum(x, tuple(summed), result_dtype)
+        letters = [d for i, d in enumerate(letters) if i not in summed]
+    private = tuple(i for i, c in enumerate(letters) if c not in needed)
+    if private:
+        x = _sum(x, private, result_dtype)
+        letters = [c for i, c in enumerate(letters) if i not in private]
+    return x, tuple(letters)
+
+
+def _squeeze_broadcast(
+    x: jax.Array, letters: Letters, other_shape: Shape, other_letters: Letters
+) -> tuple[jax.Array, Letters]:
+    """Drop the size-1 axes of ``x`` whose index the other operand has at another size."""
+    size_one = [
+        i
+        for i, c in enumerate(letters)
+        if x.shape[i] == 1 and c in other_letters and other_shape[other_letters.index(c)] != 1
+    ]
+    if not size_one:
+        return x, tuple(letters)
+    return lax.squeeze(x, size_one), tuple(c for i, c in enumerate(letters) if i not in size_one)
+
+
+class _LeftToRight(opt_einsum.paths.PathOptimizer):  # type: ignore[misc]
+    """``optimize=False``: contract the operands in the order given, as ``jnp.einsum``."""
+
+    def __call__(
+        self, inputs: list[Any], output: Any, size_dict: Any, memory_limit: Any = None
+    ) -> list[tuple[int, int]]:
+        return [(0, 1)] * (len(inputs) - 1)
+
+
+def _path(
+    letters: tuple[Letters, ...], out_letters: Letters, shapes: tuple[Shape, ...], optimize: Any
+) -> tuple[Step, ...]:
+    """The contraction steps ``jnp.einsum`` takes: ``(operand positions, letters kept)`` each,
+    the positions into the list of operands left, the result appended last."""
+    if isinstance(optimize, list):
+        if optimize and optimize[0] == "einsum_path":  # NumPy's form of a path
+            optimize = optimize[1:]
+        optimize = tuple(tuple(step) for step in optimize)
+    return _cached_path(tuple(letters), tuple(out_letters), shapes, optimize)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_path(
+    letters: tuple[Letters, ...], out_letters: Letters, shapes: tuple[Shape, ...], optimize: Any
+) -> tuple[Step, ...]:
+    spec = ",".join("".join(term) for term in letters) + "->" + "".join(out_letters)
+    strategy: Any
+    if optimize is True:
+        strategy = "optimal"
+    elif optimize is False:
+        strategy = _LeftToRight()
+    else:
+        strategy = list(optimize) if isinstance(optimize, tuple) else optimize
+    dummies = [_Shaped(shape) for shape in shapes]
+    # einsum_call=True: opt_einsum's (operands, contraction list) form, as jnp.einsum uses it.
+    contractions: Any = opt_einsum.contract_path(
+        spec, *dummies, einsum_call=True, use_blas=True, optimize=strategy
+    )[1]
+    steps = []
+    for positions, _, step_spec, *_ in contractions:
+        if len(positions) > 2:
+            raise ValueError(
+                f"einsum optimize={optimize!r} contracts {len(positions)} operands at once; "
+                "jaxmm.einsum (like jnp.einsum) contracts two at a time."
+            )
+        steps.append((tuple(positions), tuple(step_spec.split("->")[1])))
+    return tuple(steps)
+
+
+class _Shaped:
+    """What opt_einsum needs to know of an operand: its shape."""
+
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
+
+
+def _parse(subscripts: str, shapes: tuple[Shape, ...]) -> tuple[tuple[Letters, ...], Letters]:
+    """Letters for each axis of every operand and of the output, ``...`` given fresh letters."""
     spec = subscripts.replace(" ", "")
     inputs, arrow, output = spec.partition("->")
     terms = inputs.split(",")
-    if len(terms) != 2:
+    if len(terms) != len(shapes):
         raise ValueError(
-            f"jaxmm.einsum takes exactly two operands, but {subscripts!r} names {len(terms)}."
+            f"einsum {subscripts!r} names {len(terms)} operand(s), but {len(shapes)} were given."
         )
     for term in terms + [output]:
         if any(c not in string.ascii_letters for c in term.replace("...", "")):
@@ -176,35 +388,34 @@ def _parse(subscripts: str, a_shape: tuple[int, ...], b_shape: tuple[int, ...]):
     # '...' stands for the leading axes not named by letters, broadcast NumPy-style (right
     # aligned) between the operands; each broadcast position gets an unused letter.
     unused = [c for c in string.ascii_letters if c not in spec]
-    a_term, b_term = terms
-    a_ellipsis = _ellipsis_rank(a_term, a_shape, subscripts, 0)
-    b_ellipsis = _ellipsis_rank(b_term, b_shape, subscripts, 1)
-    num_ellipsis = max(a_ellipsis, b_ellipsis)
+    ellipsis_ranks = [
+        _ellipsis_rank(term, shape, subscripts, position)
+        for position, (term, shape) in enumerate(zip(terms, shapes))
+    ]
+    num_ellipsis = max(ellipsis_ranks)
+    if num_ellipsis > len(unused):
+        raise ValueError(f"einsum {subscripts!r}: too many axes under '...' to name.")
     ellipsis_letters = "".join(unused[:num_ellipsis])
-    a_letters = a_term.replace("...", ellipsis_letters[num_ellipsis - a_ellipsis :])
-    b_letters = b_term.replace("...", ellipsis_letters[num_ellipsis - b_ellipsis :])
+    letters = [
+        tuple(term.replace("...", ellipsis_letters[num_ellipsis - rank :]))
+        for term, rank in zip(terms, ellipsis_ranks)
+    ]
     if not arrow:  # implicit output: '...' then the letters used once, in alphabetical order
-        named = a_term.replace("...", "") + b_term.replace("...", "")
+        named = "".join(term.replace("...", "") for term in terms)
         output = "..." + "".join(sorted(c for c in set(named) if named.count(c) == 1))
-    out_letters = output.replace("...", ellipsis_letters)
+    out_letters = tuple(output.replace("...", ellipsis_letters))
 
-    for which, letters in (
-        ("operand 0", a_letters),
-        ("operand 1", b_letters),
-        ("output", out_letters),
-    ):
-        repeated = sorted({c for c in letters if letters.count(c) > 1})
-        if repeated:
-            raise ValueError(
-                f"einsum {subscripts!r}: index {repeated[0]!r} is repeated in the {which}; "
-                "traces and diagonals are not supported by jaxmm.einsum."
-            )
-    missing = [c for c in out_letters if c not in a_letters and c not in b_letters]
+    repeated = sorted({c for c in out_letters if out_letters.count(c) > 1})
+    if repeated:
+        raise ValueError(
+            f"einsum {subscripts!r}: output index {repeated[0]!r} appears more than once."
+        )
+    missing = [c for c in out_letters if not any(c in term for term in letters)]
     if missing:
         raise ValueError(
             f"einsum {subscripts!r}: output index {missing[0]!r} appears in no operand."
         )
-    return list(a_letters), list(b_letters), list(out_letters)
+    return tuple(letters), out_letters
 
 
 def _ellipsis_rank(term: str, shape: tuple[int, ...], subscripts: str, position: int) -> int:
@@ -217,21 +428,26 @@ def _ellipsis_rank(term: str, shape: tuple[int, ...], subscripts: str, position:
     return len(shape) - named
 
 
-def _squeeze_broadcast(x, letters, other_shape, other_letters):
-    """Drop the size-1 axes of ``x`` whose index the other operand has at another size."""
-    size_one = [
-        i
-        for i, c in enumerate(letters)
-        if x.shape[i] == 1 and c in other_letters and other_shape[other_letters.index(c)] != 1
-    ]
-    if not size_one:
-        return x, letters
-    return lax.squeeze(x, size_one), [c for i, c in enumerate(letters) if i not in size_one]
-
-
-def _sum_private(x: jax.Array, letters: list[str], elsewhere: list[str]):
-    """Sum out the axes whose index appears neither in the other operand nor in the output."""
-    private = [i for i, c in enumerate(letters) if c not in elsewhere]
-    if not private:
-        return x, letters
-    return lax.reduce_sum(x, private), [c for i, c in enumerate(letters) if i not in private]
+def _check_sizes(subscripts: str, letters: tuple[Letters, ...], shapes: tuple[Shape, ...]) -> None:
+    """Every index has one size, or size 1 where it broadcasts against another operand; a letter
+    repeated within one operand (a diagonal) has one size there."""
+    seen: dict[str, tuple[int, int]] = {}  # letter -> (size, operand position)
+    for position, (term, shape) in enumerate(zip(letters, shapes)):
+        own: dict[str, int] = {}
+        for c, size in zip(term, shape):
+            if c in own and own[c] != size:
+                raise ValueError(
+                    f"einsum {subscripts!r}: index {c!r} is repeated in operand {position} "
+                    f"(shape {shape}) with sizes {own[c]} and {size}; a diagonal needs equal "
+                    "sizes."
+                )
+            own[c] = size
+            if c not in seen or seen[c][0] == 1:
+                seen[c] = (size, position)
+            elif size not in (1, seen[c][0]):
+                other_size, other = seen[c]
+                raise ValueError(
+                    f"einsum {subscripts!r}: index {c!r} has size {other_size} in operand "
+                    f"{other} (shape {shapes[other]}) and {size} in operand {position} "
+                    f"(shape {shape})."
+                )
