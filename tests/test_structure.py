@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
-from reference import saved_arrays
+from reference import saved_arrays, sub_jaxprs
 
 import jaxmm
 from jaxmm import _benchmark, _dot_general
@@ -23,7 +23,7 @@ def _dot_generals(jaxpr):
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
             found.append(eqn)
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        for sub in sub_jaxprs(eqn.params):
             found.extend(_dot_generals(sub))
     return found
 
