@@ -46,7 +46,13 @@ from ._checks import (
     canonicalize_preferred_element_type,
     check_dot_general,
 )
-from ._residuals import ResidualFormat, canonicalize_residual, load_operand, save_operand
+from ._residuals import (
+    ResidualFormat,
+    canonicalize_residual,
+    is_scaled,
+    load_operand,
+    save_operand,
+)
 from ._typing import ArrayLike, DotDimensionNumbers, DTypeLike, PrecisionLike
 
 
@@ -210,9 +216,10 @@ def _wanted(primal: Any) -> bool:
     return primal.perturbed and jax.numpy.issubdtype(primal.value.dtype, np.inexact)
 
 
-def _not_saved(operand: jax.Array) -> jax.Array:
-    """What stands in the residuals for an operand nobody needs: an empty array whose rank (one
-    more than the operand's) tells it apart from the operand itself.
+def _not_saved(operand: jax.Array, residual: ResidualFormat | None) -> Any:
+    """What stands in the residuals for an operand nobody needs: empty arrays, in the tree
+    structure ``save_operand`` gives that operand, the first of rank one more than the operand's,
+    which tells it apart from the operand itself.
 
     Whether an operand is saved is told by the residual *arrays*, not by static pytree data: the
     residuals' tree structure must not depend on which operands are perturbed, because JAX
@@ -220,11 +227,12 @@ def _not_saved(operand: jax.Array) -> jax.Array:
     the most recent tree structure, which would unflatten one pattern's residuals with another's
     structure.
     """
-    return jax.numpy.zeros((0,) * (operand.ndim + 1), bool)
+    marker = jax.numpy.zeros((0,) * (operand.ndim + 1), bool)
+    return (marker, jax.numpy.zeros((0,), bool)) if is_scaled(operand.dtype, residual) else marker
 
 
-def _is_saved(saved: jax.Array, operand_type: Any) -> bool:
-    return saved.ndim == operand_type.ndim
+def _is_saved(saved: Any, operand_type: Any) -> bool:
+    return jax.tree.leaves(saved)[0].ndim == operand_type.ndim
 
 
 def _dot_general_fwd(
@@ -251,9 +259,17 @@ def _dot_general_fwd(
         out_sharding=out_sharding,
     )
     # dL needs R and dR needs L: the residuals are the two operands, each only if it is needed.
+    # A per-channel scale runs along an operand's batch and contracting axes (_residuals).
     types = _Types(jax.typeof(lhs), jax.typeof(rhs))
-    saved_lhs = save_operand(lhs, residual) if _wanted(rhs_primal) else _not_saved(lhs)
-    saved_rhs = save_operand(rhs, residual) if _wanted(lhs_primal) else _not_saved(rhs)
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    if _wanted(rhs_primal):
+        saved_lhs = save_operand(lhs, residual, (*lhs_batch, *lhs_contract), "lhs")
+    else:
+        saved_lhs = _not_saved(lhs, residual)
+    if _wanted(lhs_primal):
+        saved_rhs = save_operand(rhs, residual, (*rhs_batch, *rhs_contract), "rhs")
+    else:
+        saved_rhs = _not_saved(rhs, residual)
     return out, (saved_lhs, saved_rhs, types)
 
 
