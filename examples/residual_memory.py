@@ -61,18 +61,22 @@ class MLP(nnx.Module):
         return self.layers[-1](x)
 
 
-def _loss_fn(graphdef, x, labels):
-    def loss(params):
+def _loss_fn(graphdef):
+    def loss(params, x, labels):
         logits = nnx.merge(graphdef, params)(x)
         return -jnp.mean(jnp.sum(jax.nn.log_softmax(logits) * labels, axis=-1))
 
     return loss
 
 
-def saved_bytes(loss, params) -> int:
-    """Bytes the compiled forward pass of ``loss`` keeps for the backward pass."""
-    forward = jax.jit(lambda params: jax.vjp(loss, params)[1])
-    return forward.lower(params).compile().memory_analysis().output_size_in_bytes
+def saved_bytes(loss, params, *data) -> int:
+    """Bytes the compiled forward pass of ``loss(params, *data)`` keeps for the backward pass
+    w.r.t. ``params``. (The data are arguments, not constants baked into the program.)"""
+
+    def forward(params, *data):
+        return jax.vjp(lambda params: loss(params, *data), params)[1]
+
+    return jax.jit(forward).lower(params, *data).compile().memory_analysis().output_size_in_bytes
 
 
 def relative_errors(grads, reference) -> list[float]:
@@ -104,12 +108,13 @@ def measure(
     rows, grads = [], {}
     for name, dot_general in variants:
         graphdef, params = nnx.split(MLP(widths, dot_general, nnx.Rngs(seed)))
-        loss = _loss_fn(graphdef, x, labels)
+        loss = _loss_fn(graphdef)
         if gradients:
-            grads[name] = jax.jit(jax.grad(loss))(params)
-        rows.append({"variant": name, "saved_bytes": saved_bytes(loss, params)})
+            grads[name] = jax.jit(jax.grad(loss))(params, x, labels)
+        rows.append({"variant": name, "saved_bytes": saved_bytes(loss, params, x, labels)})
         if step_memory:
-            step = jax.jit(jax.value_and_grad(loss)).lower(params).compile().memory_analysis()
+            step = jax.jit(jax.value_and_grad(loss)).lower(params, x, labels).compile()
+            step = step.memory_analysis()
             rows[-1]["step_temp_bytes"] = step.temp_size_in_bytes
     other_bytes = rows[1]["saved_bytes"] - exact_matmul_bytes  # the same in every setting
     for row in rows:
