@@ -49,7 +49,11 @@ def einsum(
       b: array with one axis per index in ``B``.
       precision, preferred_element_type, out_sharding: as in ``jnp.einsum``.
       residual_dtype: jaxmm's own option, off by default: save the operands for the backward
-        pass in this narrower real floating dtype (see :func:`jaxmm.dot_general`).
+        pass in ``jnp.bfloat16``, ``jnp.float16``, ``jnp.float8_e4m3fn`` or ``jnp.float8_e5m2``
+        (or ``jnp.float32``, of float64 operands), scaled by a power of two where the dtype's
+        range is narrower; the forward result stays exact (see :func:`jaxmm.dot_general`).
+      residual_scaling: ``"tensor"`` (default) or ``"channel"``: one scale per saved operand,
+        or one per index of its kept axes (see :func:`jaxmm.dot_general`).
 
     Returns:
       Array with one axis per index in ``C``.
