@@ -300,3 +300,25 @@ def test_flax_linear(residual_dtype, scaling):
     tol = 10 * UNIT_ROUNDOFF[np.dtype(residual_dtype)]
     for p, q in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_theirs)):
         assert np.linalg.norm(p - q) <= tol * np.linalg.norm(q)
+
+
+@pytest.mark.parametrize(
+    "residual_dtype, scaling", [(jnp.float16, "tensor"), (jnp.float8_e4m3fn, "channel")], ids=str
+)
+def test_perturbation_patterns_mixed_in_any_order(residual_dtype, scaling):
+    """A saved (narrow, scale) pair and the marker of an operand not saved have one tree
+    structure, so JAX's per-pattern cache of the forward rule never mixes them up (see
+    ``_not_saved``): each pattern's gradients are the ones of both operands at once."""
+    rng = np.random.default_rng(11)
+    a, b = random_array(rng, (3, 3), jnp.float32), random_array(rng, (3, 3), jnp.float32)
+    mm = jax.jit(
+        functools.partial(jaxmm.matmul, residual_dtype=residual_dtype, residual_scaling=scaling)
+    )
+    loss = lambda a, b: jnp.sum(jnp.sin(mm(a, b)))
+    jax.vjp(mm, a, b)  # eager: both operands, then one
+    jax.vjp(lambda a: mm(a, b), a)
+    expected = jax.grad(loss, argnums=(0, 1))(a, b)
+    for argnums in [(0,), (0, 1), (1,), (0, 1), (0,)]:  # traced, in turn
+        jax.make_jaxpr(jax.grad(loss, argnums=argnums))(a, b)
+        for i, g in zip(argnums, jax.jit(jax.grad(loss, argnums=argnums))(a, b)):
+            np.testing.assert_array_equal(g, expected[i])
