@@ -138,7 +138,7 @@ def _narrowed(dtype: np.dtype, residual: ResidualFormat | None) -> bool:
 def is_scaled(dtype: np.dtype, residual: ResidualFormat | None) -> bool:
     """Whether an operand of ``dtype`` is saved with a scale: narrowed to a dtype that covers
     fewer powers of two. Static: the saved pytree is ``(narrow, scale)`` exactly when true."""
-    if not _narrowed(dtype, residual):
+    if residual is None or not _narrowed(dtype, residual):
         return False
     narrow, wide = jnp.finfo(residual.dtype), jnp.finfo(dtype)
     return narrow.maxexp < wide.maxexp or narrow.minexp > wide.minexp
@@ -192,7 +192,7 @@ def save_operand(
       operand's dtype, of shape ``()`` per tensor or the operand's shape with 1 along every axis
       not kept per channel. :func:`load_operand` reads any of them back.
     """
-    if not _narrowed(operand.dtype, residual):
+    if residual is None or not _narrowed(operand.dtype, residual):
         saved = operand
     elif not is_scaled(operand.dtype, residual):
         saved = lax.convert_element_type(operand, residual.dtype)
