@@ -25,7 +25,9 @@ the residual dtype's exponent range is narrower than the operand's, the operand 
   256, which no finite entry then rounds above, and its largest value ±448 stands for ±inf.
   The backward pass therefore sees NaN and inf exactly where the exact one does.
 - An all-zero operand gets some power-of-two scale and is saved as zeros; ``e`` is clamped so
-  that both ``s`` and ``1/s`` are normal numbers of the operand's dtype.
+  that both ``s`` and ``1/s`` are normal numbers of the operand's dtype (which only matters for
+  float16 operands of magnitudes below 2^-7, where the flush threshold then stays near float16's
+  own smallest numbers).
 
 bfloat16 has float32's exponent range and is saved by a plain cast (from float64 operands it is
 scaled too, as is a float32 residual of a float64 operand).
@@ -49,6 +51,8 @@ float8_e4m3fn       2^-4 ≈ 0.06   2^-16 ≈ 2e-5
 
 For a gradient ``dL[b, i, c] = Σ_j dY[b, i, j] R[b, c, j]`` this bounds the error entrywise by
 ``Σ_j |dY[b, i, j]| (u |R[b, c, j]| + s τ / 2)`` (plus the product's own accumulation rounding).
+A gradient entry within that error of its own dtype's overflow threshold may overflow where the
+exact one does not, as it would from any rounding of the operands.
 
 Which axes a per-channel scale may run along
 --------------------------------------------
