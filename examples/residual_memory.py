@@ -1,11 +1,14 @@
-"""What ``residual_dtype=jnp.bfloat16`` saves, and what it costs, for a float32 Flax MLP.
+"""What ``residual_dtype`` saves, and what it costs, for a float32 Flax MLP.
 
 Memory from XLA's compiled memory analysis (nothing is run to measure it):
 
 - *saved for the backward pass*: the output size of the compiled forward pass that returns the
-  residuals (``jax.vjp``'s closure), split into the activations (matmul inputs, ReLU masks) and
-  the weights. Without the option the saved weights are the parameters themselves; with it they
-  are bfloat16 copies, kept in addition to the float32 parameters.
+  residuals (``jax.vjp``'s closure).
+- *saved matmul inputs*: the part of it that jaxmm saves, the inputs of the products (the
+  activations and the weights; the first layer's weight is not saved, since the data needs no
+  cotangent) and their scales. It is the saved total less what the rest of the model saves (ReLU
+  masks, the loss's arrays), which is the same for every setting: the exact setting's total less
+  its matmul inputs at 4 bytes each.
 - *training step temporaries*: ``temp_size_in_bytes`` of the whole jitted gradient step, where
   XLA itself decides what lives from the forward to the backward pass.
 
@@ -25,6 +28,25 @@ from flax import nnx
 
 import jaxmm
 
+# (name, residual_dtype, residual_scaling) of every setting compared, exact first.
+SETTINGS = [
+    ("exact", None, "tensor"),
+    ("bf16", jnp.bfloat16, "tensor"),
+    ("f16", jnp.float16, "tensor"),
+    ("f16/channel", jnp.float16, "channel"),
+    ("e4m3", jnp.float8_e4m3fn, "tensor"),
+    ("e4m3/channel", jnp.float8_e4m3fn, "channel"),
+    ("e5m2", jnp.float8_e5m2, "tensor"),
+    ("e5m2/channel", jnp.float8_e5m2, "channel"),
+]
+
+
+def dot_general_for(residual_dtype, residual_scaling="tensor"):
+    """``jaxmm.dot_general`` with the given residual options, for ``nnx.Linear(dot_general=)``."""
+    return functools.partial(
+        jaxmm.dot_general, residual_dtype=residual_dtype, residual_scaling=residual_scaling
+    )
+
 
 class MLP(nnx.Module):
     def __init__(self, widths, dot_general, rngs):
@@ -39,62 +61,68 @@ class MLP(nnx.Module):
         return self.layers[-1](x)
 
 
-def _loss_fn(graphdef, x, labels):
-    def loss(params):
+def _loss_fn(graphdef):
+    def loss(params, x, labels):
         logits = nnx.merge(graphdef, params)(x)
         return -jnp.mean(jnp.sum(jax.nn.log_softmax(logits) * labels, axis=-1))
 
     return loss
 
 
-def measure(batch=2048, widths=(512, 1024, 1024, 1024, 10), seed=0):
+def saved_bytes(loss, params, *data) -> int:
+    """Bytes the compiled forward pass of ``loss(params, *data)`` keeps for the backward pass
+    w.r.t. ``params``. (The data are arguments, not constants baked into the program.)"""
+
+    def forward(params, *data):
+        return jax.vjp(lambda params: loss(params, *data), params)[1]
+
+    return jax.jit(forward).lower(params, *data).compile().memory_analysis().output_size_in_bytes
+
+
+def relative_errors(grads, reference) -> list[float]:
+    """Each parameter gradient's relative error (Frobenius norm) against ``reference``."""
+    return [
+        float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference))
+    ]
+
+
+def measure(
+    batch=2048,
+    widths=(512, 1024, 1024, 1024, 10),
+    settings=SETTINGS,
+    seed=0,
+    step_memory=True,
+    gradients=True,
+):
+    """One row of compiled memory figures per setting (and JAX's autodiff first), each setting's
+    per-parameter gradient errors (if ``gradients``), and the parameters' shapes."""
     x = jax.random.normal(jax.random.key(seed), (batch, widths[0]))
     labels = jax.nn.one_hot(jax.random.randint(jax.random.key(seed + 1), (batch,), 0, 10), 10)
-    dot_generals = {
-        "jnp autodiff (lax.dot_general)": jax.lax.dot_general,
-        "jaxmm, exact (default)": jaxmm.dot_general,
-        "jaxmm, residual_dtype=bfloat16": functools.partial(
-            jaxmm.dot_general, residual_dtype=jnp.bfloat16
-        ),
-    }
+    variants = [("jnp autodiff", jax.lax.dot_general)]
+    variants += [(name, dot_general_for(d, s)) for name, d, s in settings]
+    # The exact matmul inputs: every layer's input, and every weight but the first.
+    exact_matmul_bytes = 4 * (
+        batch * sum(widths[:-1]) + sum(a * b for a, b in zip(widths[1:-1], widths[2:]))
+    )
     rows, grads = [], {}
-    for name, dot_general in dot_generals.items():
+    for name, dot_general in variants:
         graphdef, params = nnx.split(MLP(widths, dot_general, nnx.Rngs(seed)))
-        loss = _loss_fn(graphdef, x, labels)
-
-        def forward(params, loss=loss):
-            return jax.vjp(loss, params)[1]
-
-        saved = jax.eval_shape(forward, params)
-        weights_bytes = sum(
-            leaf.size * leaf.dtype.itemsize
-            for leaf in jax.tree.leaves(saved)
-            if leaf.ndim == 2 and leaf.shape in {(a, b) for a, b in zip(widths, widths[1:])}
-        )
-        # The inputs of the matmuls: the activations the matmuls save, 4 or 2 bytes each.
-        itemsize = 2 if "bfloat16" in name else 4
-        matmul_bytes = batch * sum(widths[:-1]) * itemsize
-        compiled_forward = jax.jit(forward).lower(params).compile().memory_analysis()
-        step = jax.jit(jax.value_and_grad(loss)).lower(params).compile().memory_analysis()
-        grads[name] = jax.jit(jax.grad(loss))(params)
-        rows.append(
-            {
-                "variant": name,
-                "saved_bytes": compiled_forward.output_size_in_bytes,
-                "saved_weights_bytes": weights_bytes,
-                "saved_activation_bytes": compiled_forward.output_size_in_bytes - weights_bytes,
-                "saved_matmul_input_bytes": matmul_bytes,
-                "step_temp_bytes": step.temp_size_in_bytes,
-            }
-        )
-    reference = grads["jnp autodiff (lax.dot_general)"]
-    errors = {}
-    for name, g in grads.items():
-        errors[name] = [
-            float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-            for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(reference))
-        ]
-    shapes = [leaf.shape for leaf in jax.tree.leaves(reference)]
+        loss = _loss_fn(graphdef)
+        if gradients:
+            grads[name] = jax.jit(jax.grad(loss))(params, x, labels)
+        rows.append({"variant": name, "saved_bytes": saved_bytes(loss, params, x, labels)})
+        if step_memory:
+            step = jax.jit(jax.value_and_grad(loss)).lower(params, x, labels).compile()
+            step = step.memory_analysis()
+            rows[-1]["step_temp_bytes"] = step.temp_size_in_bytes
+    other_bytes = rows[1]["saved_bytes"] - exact_matmul_bytes  # the same in every setting
+    for row in rows:
+        row["saved_matmul_bytes"] = row["saved_bytes"] - other_bytes
+        row["matmul_ratio"] = row["saved_matmul_bytes"] / exact_matmul_bytes
+    reference = grads.get("jnp autodiff")
+    errors = {name: relative_errors(g, reference) for name, g in grads.items()}
+    shapes = [leaf.shape for leaf in jax.tree.leaves(params)]
     return rows, errors, shapes
 
 
@@ -102,32 +130,22 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=2048)
     args = parser.parse_args(argv)
-    rows, errors, shapes = measure(batch=args.batch)
+    widths = (512, 1024, 1024, 1024, 10)
+    rows, errors, shapes = measure(batch=args.batch, widths=widths)
     device = jax.devices()[0]
-    print(f"float32 MLP 512-1024-1024-1024-10, batch {args.batch}, {device.device_kind}")
+    print(f"float32 MLP {'-'.join(map(str, widths))}, batch {args.batch}, {device.device_kind}")
     mib = 2**20
-    print(f"{'variant':<32} {'saved':>9} {'activations':>12} {'weights':>9} {'step temp':>10}")
+    print(
+        f"{'residuals':<14} {'saved':>9} {'matmul inputs':>14} {'ratio':>6} {'step temp':>10}"
+        f"  gradient error (max over parameters)"
+    )
     for r in rows:
         print(
-            f"{r['variant']:<32} {r['saved_bytes'] / mib:8.1f}M "
-            f"{r['saved_activation_bytes'] / mib:11.1f}M {r['saved_weights_bytes'] / mib:8.1f}M "
-            f"{r['step_temp_bytes'] / mib:9.1f}M"
+            f"{r['variant']:<14} {r['saved_bytes'] / mib:8.1f}M"
+            f" {r['saved_matmul_bytes'] / mib:13.1f}M"
+            f" {r['matmul_ratio']:6.3f} {r['step_temp_bytes'] / mib:9.1f}M"
+            f"  {max(errors[r['variant']]):.1e}"
         )
-    base, narrow = rows[1], rows[2]
-    less = 1 - narrow["saved_activation_bytes"] / base["saved_activation_bytes"]
-    print(f"saved activations with bf16 residuals: {100 * less:.0f}% less than exact")
-    # The rest are ReLU's and the loss's saved arrays (a bool mask and a float32 array per hidden
-    # layer), which JAX's autodiff of those functions keeps and residual_dtype does not touch.
-    a, b = base["saved_matmul_input_bytes"], narrow["saved_matmul_input_bytes"]
-    drop = base["saved_activation_bytes"] - narrow["saved_activation_bytes"]
-    print(
-        f"the matmul inputs among them: {a / mib:.1f}M -> {b / mib:.1f}M ({100 * (1 - b / a):.0f}% "
-        f"less); the compiled activation total dropped by {drop / mib:.1f}M"
-    )
-    print("\ngradient relative error vs JAX float32 autodiff (max over parameters; per parameter)")
-    for name, errs in errors.items():
-        detail = " ".join(f"{e:.1e}" for e in errs)
-        print(f"{name:<32} max {max(errs):.1e}   [{detail}]")
     print("parameters:", " ".join("x".join(map(str, s)) for s in shapes))
     return rows, errors
 

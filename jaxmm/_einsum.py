@@ -68,8 +68,12 @@ def einsum(
         (``'optimal'``), ``False`` (left to right), any opt_einsum strategy name (``'greedy'``,
         ``'optimal'``, ``'dp'``, ...) or an explicit path such as ``jnp.einsum_path`` returns.
       precision, preferred_element_type, out_sharding: as in ``jnp.einsum``.
-      residual_dtype, residual_scaling: jaxmm's own options, off by default: how the operands of
-        each product are saved for the backward pass (see :func:`jaxmm.dot_general`).
+      residual_dtype: jaxmm's own option, off by default: save the operands for the backward
+        pass in ``jnp.bfloat16``, ``jnp.float16``, ``jnp.float8_e4m3fn`` or ``jnp.float8_e5m2``
+        (or ``jnp.float32``, of float64 operands), scaled by a power of two where the dtype's
+        range is narrower; the forward result stays exact (see :func:`jaxmm.dot_general`).
+      residual_scaling: ``"tensor"`` (default) or ``"channel"``: one scale per saved operand,
+        or one per index of its kept axes (see :func:`jaxmm.dot_general`).
 
     Returns:
       Array with one axis per index in ``C``.

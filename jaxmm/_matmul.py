@@ -69,7 +69,11 @@ def matmul(
       preferred_element_type: result and accumulation dtype, as in ``jnp.matmul``.
       out_sharding: sharding of the result, as in ``jnp.matmul``.
       residual_dtype: jaxmm's own option, off by default: save the operands for the backward
-        pass in this narrower real floating dtype (see :func:`jaxmm.dot_general`).
+        pass in ``jnp.bfloat16``, ``jnp.float16``, ``jnp.float8_e4m3fn`` or ``jnp.float8_e5m2``
+        (or ``jnp.float32``, of float64 operands), scaled by a power of two where the dtype's
+        range is narrower; the forward result stays exact (see :func:`jaxmm.dot_general`).
+      residual_scaling: ``"tensor"`` (default) or ``"channel"``: one scale per saved operand,
+        or one per index of its kept axes (see :func:`jaxmm.dot_general`).
 
     Returns:
       Array of shape ``(..., m, k)`` (the leading axes broadcast together), with the axis ``m``
