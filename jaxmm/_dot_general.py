@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -159,7 +159,7 @@ def apply_dot_general(
     rhs = as_array(rhs, "dot_general", 1)
     dimension_numbers = canonicalize_dimension_numbers(dimension_numbers)
     check_dot_general(lhs.shape, rhs.shape, dimension_numbers)
-    return _checked_dot_general(
+    result: jax.Array = _checked_dot_general(
         lhs,
         rhs,
         dimension_numbers,
@@ -169,23 +169,28 @@ def apply_dot_general(
         canonicalize_residual(residual),
         product,
     )
+    return result
 
 
 # Compiled as one program when called un-jitted (as jnp's functions are), so that an eager
 # gradient runs a few cached executables instead of the custom rule op by op; inlined into the
 # caller's program when traced.
 @partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7), inline=True)
-def _checked_dot_general(lhs, rhs, *static):
+def _checked_dot_general(lhs: jax.Array, rhs: jax.Array, *static: Any) -> jax.Array:
     *options, product = static
     lhs, rhs = _match_varying_axes(lhs, rhs)
-    return product(lhs, rhs, *options)
+    result: jax.Array = product(lhs, rhs, *options)
+    return result
 
 
-def _varying_axes(x: jax.Array) -> frozenset:
+def _varying_axes(x: jax.Array) -> frozenset[str]:
     """The shard_map mesh axes along which ``x`` varies (empty outside shard_map)."""
     aval = jax.typeof(x)
     manual = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10
-    return manual.varying if manual is not None else getattr(aval, "vma", frozenset())
+    axes: frozenset[str] = (
+        manual.varying if manual is not None else getattr(aval, "vma", frozenset())
+    )
+    return axes
 
 
 def _match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -200,7 +205,8 @@ def _match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.
     lhs_axes, rhs_axes = _varying_axes(lhs), _varying_axes(rhs)
     if lhs_axes == rhs_axes:
         return lhs, rhs
-    cast = partial(lax.pcast, to="varying") if hasattr(lax, "pcast") else lax.pvary
+    pcast = getattr(lax, "pcast", None)  # lax.pvary before JAX 0.8.2
+    cast = partial(pcast, to="varying") if pcast is not None else getattr(lax, "pvary")  # noqa: B009
     if rhs_axes - lhs_axes:
         lhs = cast(lhs, tuple(sorted(rhs_axes - lhs_axes)))
     if lhs_axes - rhs_axes:
@@ -210,8 +216,14 @@ def _match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _dot_general(
-    lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding, residual
-):
+    lhs: jax.Array,
+    rhs: jax.Array,
+    dimension_numbers: DotDimensionNumbers,
+    precision: PrecisionLike,
+    preferred_element_type: DTypeLike | None,
+    out_sharding: Any,
+    residual: ResidualFormat | None,
+) -> jax.Array:
     return lax.dot_general(
         lhs,
         rhs,
@@ -233,7 +245,7 @@ class _Types:
 
 def _wanted(primal: Any) -> bool:
     # Integer and boolean operands have no cotangent (JAX gives them float0 zeros).
-    return primal.perturbed and jax.numpy.issubdtype(primal.value.dtype, np.inexact)
+    return bool(primal.perturbed and jax.numpy.issubdtype(primal.value.dtype, np.inexact))
 
 
 def _not_saved(operand: jax.Array, residual: ResidualFormat | None) -> Any:
@@ -252,18 +264,18 @@ def _not_saved(operand: jax.Array, residual: ResidualFormat | None) -> Any:
 
 
 def _is_saved(saved: Any, operand_type: Any) -> bool:
-    return jax.tree.leaves(saved)[0].ndim == operand_type.ndim
+    return bool(jax.tree.leaves(saved)[0].ndim == operand_type.ndim)
 
 
 def _dot_general_fwd(
-    lhs_primal,
-    rhs_primal,
-    dimension_numbers,
-    precision,
-    preferred_element_type,
-    out_sharding,
-    residual,
-):
+    lhs_primal: Any,
+    rhs_primal: Any,
+    dimension_numbers: DotDimensionNumbers,
+    precision: PrecisionLike,
+    preferred_element_type: DTypeLike | None,
+    out_sharding: Any,
+    residual: ResidualFormat | None,
+) -> tuple[jax.Array, tuple[Any, Any, _Types]]:
     # With ``symbolic_zeros=True`` each primal arrives wrapped with a ``perturbed`` flag: an operand
     # that no derivative flows into (frozen weights, inputs) needs no cotangent, so its cotangent
     # product is skipped, and the other operand is not saved for it.
@@ -323,7 +335,7 @@ def lhs_cotangent(
         lax.dot_general, precision=precision, preferred_element_type=preferred_element_type
     )
 
-    def dy_first(cotangent, rhs):
+    def dy_first(cotangent: jax.Array, rhs: jax.Array) -> jax.Array:
         # Σ_j pairs Y's rhs-free axes with R's free axes, b stays paired with R's batch axes; the
         # product's axes are (b, i, c).
         product_axes = (*lhs_batch, *lhs_free, *c_axes)
@@ -335,7 +347,7 @@ def lhs_cotangent(
         )
         return _transpose(product, tuple(np.argsort(product_axes, kind="stable")))
 
-    def r_first(cotangent, rhs):
+    def r_first(cotangent: jax.Array, rhs: jax.Array) -> jax.Array:
         # The same sum with the operands' order swapped, R laid out as (b, c, j) first: the
         # product's axes are (b, c, i). The barrier keeps XLA from folding the transpose back
         # into the dot (which would be dy_first again).
@@ -407,39 +419,54 @@ def _r_first_pays(
         return False
     flops = 2 * math.prod(target_type.shape) * math.prod(cotangent.shape[a] for a in summed)
     low, high = _R_FIRST_FLOPS
-    return low <= flops <= high
+    return bool(low <= flops <= high)
 
 
 def _dot_general_bwd(
-    dimension_numbers,
-    precision,
-    preferred_element_type,
-    out_sharding,
-    residual,
-    residuals,
-    cotangent,
-):
+    dimension_numbers: DotDimensionNumbers,
+    precision: PrecisionLike,
+    preferred_element_type: DTypeLike | None,
+    out_sharding: Any,
+    residual: ResidualFormat | None,
+    residuals: tuple[Any, Any, _Types],
+    cotangent: Any,
+) -> tuple[jax.Array | None, jax.Array | None]:
     saved_lhs, saved_rhs, types = residuals
-    if isinstance(cotangent, SymbolicZero):  # Y does not reach the loss: nothing to propagate.
-        return None, None
     lhs_ct = rhs_ct = None
-    if _is_saved(saved_rhs, types.rhs):  # R was saved because L's cotangent is wanted
-        rhs = load_operand(saved_rhs, types.rhs)
-        lhs_ct = lhs_cotangent(
-            cotangent, types.lhs, rhs, dimension_numbers, precision, preferred_element_type
-        )
-    if _is_saved(saved_lhs, types.lhs):
-        lhs = load_operand(saved_lhs, types.lhs)
-        rhs_ct = rhs_cotangent(
-            cotangent, lhs, types.rhs, dimension_numbers, precision, preferred_element_type
-        )
+    if not isinstance(cotangent, SymbolicZero):  # else Y does not reach the loss
+        if _is_saved(saved_rhs, types.rhs):  # R was saved because L's cotangent is wanted
+            rhs = load_operand(saved_rhs, types.rhs)
+            lhs_ct = lhs_cotangent(
+                cotangent, types.lhs, rhs, dimension_numbers, precision, preferred_element_type
+            )
+        if _is_saved(saved_lhs, types.lhs):
+            lhs = load_operand(saved_lhs, types.lhs)
+            rhs_ct = rhs_cotangent(
+                cotangent, lhs, types.rhs, dimension_numbers, precision, preferred_element_type
+            )
+    if _FIXED_BWD_TREE:
+        lhs_ct = _zeros_if_none(lhs_ct, types.lhs)
+        rhs_ct = _zeros_if_none(rhs_ct, types.rhs)
     return lhs_ct, rhs_ct
+
+
+# JAX 0.8.0 and 0.8.1 require a custom_vjp's backward rule to return the same tree of
+# cotangents for every perturbation pattern it is traced with (later releases take None for any
+# operand): there, zeros stand in for an unwanted cotangent, and XLA drops them unused.
+_FIXED_BWD_TREE = jax.__version_info__ < (0, 8, 2)
+
+
+def _zeros_if_none(cotangent: jax.Array | None, operand_type: Any) -> jax.Array | None:
+    if cotangent is not None or not jax.numpy.issubdtype(operand_type.dtype, np.inexact):
+        return cotangent  # integer operands never get a cotangent: None in every pattern
+    sharding = None if operand_type.sharding.mesh.empty else operand_type.sharding
+    return lax.full(operand_type.shape, 0, operand_type.dtype, sharding=sharding)
 
 
 _dot_general.defvjp(_dot_general_fwd, _dot_general_bwd, symbolic_zeros=True)
 
 
-def _free_axes(ndim: int, contract: tuple[int, ...], batch: tuple[int, ...]) -> tuple[int, ...]:
+def _free_axes(ndim: int, contract: Sequence[int], batch: Sequence[int]) -> tuple[int, ...]:
     """The axes that are neither contracted nor batched, in increasing order."""
     return tuple(axis for axis in range(ndim) if axis not in contract and axis not in batch)
 

@@ -196,6 +196,7 @@ def save_operand(
       operand's dtype, of shape ``()`` per tensor or the operand's shape with 1 along every axis
       not kept per channel. :func:`load_operand` reads any of them back.
     """
+    saved: jax.Array | tuple[jax.Array, jax.Array]
     if residual is None or not _narrowed(operand.dtype, residual):
         saved = operand
     elif not is_scaled(operand.dtype, residual):
@@ -227,4 +228,5 @@ def load_operand(saved: Any, operand_type: Any) -> jax.Array:
     if not _has_inf(narrow.dtype):
         top = jnp.finfo(narrow.dtype).max.astype(dtype)
         operand = jnp.where(jnp.abs(widened) == top, jnp.copysign(jnp.inf, widened), operand)
-    return operand
+    result: jax.Array = operand
+    return result
