@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
+from reference import sub_jaxprs
 
 import jaxmm
 
@@ -53,7 +54,7 @@ def _dot_generals(jaxpr) -> int:
     count = 0
     for eqn in jaxpr.eqns:
         count += eqn.primitive.name == "dot_general"
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        for sub in sub_jaxprs(eqn.params):
             count += _dot_generals(sub)
     return count
 
