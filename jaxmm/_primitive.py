@@ -67,6 +67,7 @@ from typing import Any
 import jax
 import numpy as np
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 from jax.experimental.hijax import VJPHiPrimitive, Zero
 
 from ._dot_general import _free_axes, lhs_cotangent, rhs_cotangent
@@ -205,9 +206,12 @@ class DotGeneral(VJPHiPrimitive):
     # Forward mode: dY = dL·R + L·dR.
     def jvp(self, primals, tangents):
         lhs, rhs = primals
-        # The primal is the plain product (what the primitive expands to), so that a
-        # jax.checkpoint policy, which JAX asks about each equation of the differentiated
-        # function, sees a dot_general and saves it exactly when it saves jnp's.
+        # jax.checkpoint asks its policy about each equation of this rule's output. The primal
+        # is the plain product (what the primitive expands to), so that dots_saveable sees a
+        # dot_general and saves it exactly when it saves jnp's; the operands the tangent
+        # products read are named, so that save_only_these_names("jaxmm_lhs", "jaxmm_rhs")
+        # keeps every product's operands and recomputes nothing that feeds a product.
+        lhs, rhs = checkpoint_name(lhs, "jaxmm_lhs"), checkpoint_name(rhs, "jaxmm_rhs")
         return self.expand(lhs, rhs), self._tangent(lhs, rhs, *tangents)
 
     def _tangent(self, lhs, rhs, lhs_dot, rhs_dot):

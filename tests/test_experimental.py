@@ -325,6 +325,7 @@ POLICIES = [
     jax.checkpoint_policies.dots_saveable,
     jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     jax.checkpoint_policies.save_only_these_names("hidden"),
+    jax.checkpoint_policies.save_only_these_names("jaxmm_lhs", "jaxmm_rhs"),
 ]
 
 
