@@ -206,13 +206,24 @@ class DotGeneral(VJPHiPrimitive):
     # Forward mode: dY = dL·R + L·dR.
     def jvp(self, primals, tangents):
         lhs, rhs = primals
+        # The operands the tangent products read are what the backward pass reads, saved as
+        # residual_dtype says (so that a gradient through this rule, which JAX takes inside
+        # jax.checkpoint, equals the one through vjp_fwd) and named: the policy
+        # save_only_these_names("jaxmm_lhs", "jaxmm_rhs") keeps them, and recomputes nothing
+        # that feeds a product.
+        lhs_read = load_operand(
+            checkpoint_name(save_operand(lhs, self.residual), "jaxmm_lhs"), self.lhs_type
+        )
+        rhs_read = load_operand(
+            checkpoint_name(save_operand(rhs, self.residual), "jaxmm_rhs"), self.rhs_type
+        )
         # jax.checkpoint asks its policy about each equation of this rule's output. The primal
         # is the plain product (what the primitive expands to), so that dots_saveable sees a
-        # dot_general and saves it exactly when it saves jnp's; the operands the tangent
-        # products read are named, so that save_only_these_names("jaxmm_lhs", "jaxmm_rhs")
-        # keeps every product's operands and recomputes nothing that feeds a product.
-        lhs, rhs = checkpoint_name(lhs, "jaxmm_lhs"), checkpoint_name(rhs, "jaxmm_rhs")
-        return self.expand(lhs, rhs), self._tangent(lhs, rhs, *tangents)
+        # dot_general and saves it exactly when it saves jnp's. (Without residual_dtype it reads
+        # the named operands, which are the operands themselves: nothing is saved twice.)
+        if self.residual is None:
+            lhs, rhs = lhs_read, rhs_read
+        return self.expand(lhs, rhs), self._tangent(lhs_read, rhs_read, *tangents)
 
     def _tangent(self, lhs, rhs, lhs_dot, rhs_dot):
         terms = [
@@ -225,14 +236,17 @@ class DotGeneral(VJPHiPrimitive):
         return terms[0] if len(terms) == 1 else lax.add(*terms)
 
     # jax.linearize: the forward rule split in two. The residuals are the operands the tangent
-    # products need: R for dL·R, L for L·dR (exact, whatever residual_dtype says: forward mode
-    # computes no gradient).
+    # products need, R for dL·R and L for L·dR, saved as for the backward pass.
     def lin(self, nzs_in, lhs, rhs):
         lhs_nz, rhs_nz = nzs_in
-        return self(lhs, rhs), (lhs if rhs_nz else None, rhs if lhs_nz else None)
+        saved_lhs = save_operand(lhs, self.residual) if rhs_nz else None
+        saved_rhs = save_operand(rhs, self.residual) if lhs_nz else None
+        return self(lhs, rhs), (saved_lhs, saved_rhs)
 
     def linearized(self, residuals, lhs_dot, rhs_dot):
-        lhs, rhs = residuals
+        saved_lhs, saved_rhs = residuals
+        lhs = None if saved_lhs is None else load_operand(saved_lhs, self.lhs_type)
+        rhs = None if saved_rhs is None else load_operand(saved_rhs, self.rhs_type)
         return self._tangent(lhs, rhs, lhs_dot, rhs_dot)
 
     # The transpose of a use that is linear in one operand (the tangent products above, when

@@ -404,12 +404,25 @@ def test_unused_output_gives_zero_gradients_and_tangents():
     assert_close(tangent, jnp.zeros((3, 5)))
 
 
-def test_residual_dtype_rounds_the_gradient_like_jaxmm_and_not_the_forward():
+def test_residual_dtype_rounds_what_the_derivative_products_read_like_jaxmm():
+    """Gradients equal jaxmm's with the same residual_dtype, whether JAX differentiates the
+    primitive directly or through its JVP (inside jax.checkpoint); forward mode reads the same
+    rounded operands: dY = dA·round(B) + round(A)·dB, with the primal exact."""
     a, b = _operands(20, (2, 3, 8), (8, 5))
     kwargs = dict(residual_dtype=jnp.bfloat16)
     ours = lambda a, b: experimental.matmul(a, b, **kwargs)  # noqa: E731
-    assert_same_vjp(ours, lambda a, b: jaxmm.matmul(a, b, **kwargs), a, b)
-    assert_same_jvp(ours, jnp.matmul, a, b)  # forward mode saves nothing: exact
+    theirs = lambda a, b: jaxmm.matmul(a, b, **kwargs)  # noqa: E731
+    assert_same_vjp(ours, theirs, a, b)
+    checkpointed = lambda mm: jax.checkpoint(lambda a, b: jnp.sin(mm(a, b)))  # noqa: E731
+    assert_same_vjp(checkpointed(ours), checkpointed(theirs), a, b)
+    rounded = lambda x: x.astype(jnp.bfloat16).astype(x.dtype)  # noqa: E731
+    a_dot, b_dot = _operands(21, (2, 3, 8), (8, 5))
+    expected = jnp.matmul(a, b), jnp.matmul(a_dot, rounded(b)) + jnp.matmul(rounded(a), b_dot)
+    jax.tree.map(assert_close, jax.jvp(ours, (a, b), (a_dot, b_dot)), expected)
+    y, linear = jax.linearize(ours, a, b)
+    jax.tree.map(assert_close, (y, linear(a_dot, b_dot)), expected)
+    # Without it, forward mode is exact.
+    assert_same_jvp(experimental.matmul, jnp.matmul, a, b)
 
 
 # Flax layers.
