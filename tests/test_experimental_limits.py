@@ -1,0 +1,91 @@
+"""What JAX's hijax machinery (0.10.2) does not do for a VJPHiPrimitive, shown without jaxmm, and
+how jaxmm.experimental still gets the result. If JAX changes, these tests say so."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.experimental.hijax import VJPHiPrimitive
+
+
+class _Double(VJPHiPrimitive):
+    """y = 2x, recording the checkpoint rule's calls."""
+
+    remat_calls: list = []
+
+    def __init__(self, aval):
+        self.in_avals, self.out_aval, self.params = (aval,), aval, {}
+        super().__init__()
+
+    def expand(self, x):
+        return 2 * x
+
+    def vjp_fwd(self, nzs_in, x):
+        return self(x), None
+
+    def vjp_bwd_retval(self, residuals, cotangent):
+        return (2 * cotangent,)
+
+    def jvp(self, primals, tangents):
+        return self(*primals), 2 * tangents[0]
+
+    def remat(self, policy, x):
+        _Double.remat_calls.append(policy)
+        return self(x), self
+
+
+@pytest.fixture
+def remat3():
+    previous = jax.config.jax_remat3
+    jax.config.update("jax_remat3", True)
+    yield
+    jax.config.update("jax_remat3", previous)
+
+
+def _checkpointed_gradient_asks():
+    """The primitives a checkpoint policy is asked about, and the primitive's remat calls."""
+    asked = []
+
+    def policy(prim, *avals, **params):
+        asked.append(prim.name)
+        return False
+
+    _Double.remat_calls.clear()
+    f = lambda x: jnp.sum(jnp.sin(_Double(jax.typeof(x))(jnp.sin(x))))  # noqa: E731
+    jax.grad(jax.checkpoint(f, policy=policy))(jnp.ones(3))
+    return asked, list(_Double.remat_calls)
+
+
+def test_default_checkpoint_never_calls_a_primitives_remat_rule():
+    """JAX's default jax.checkpoint asks its policy about each equation of the JVP of the
+    function, and sees a hijax primitive only as ``call_hi_primitive``: dots_saveable cannot
+    recognise a product there, and the primitive's ``remat`` rule is not called. jaxmm's JVP
+    rule therefore computes the primal as the plain ``dot_general`` it expands to (see
+    ``DotGeneral.jvp``); tests/test_experimental_structure.py shows the policies then save what
+    they save for jnp."""
+    asked, remat_calls = _checkpointed_gradient_asks()
+    assert "call_hi_primitive" in asked
+    assert remat_calls == []
+
+
+def test_remat3_checkpoint_calls_the_remat_rule(remat3):
+    asked, remat_calls = _checkpointed_gradient_asks()
+    assert len(remat_calls) == 1 and "call_hi_primitive" not in asked
+
+
+def test_without_hijax_primitives_only_the_experimental_module_is_refused(monkeypatch):
+    """On a JAX without VJPHiPrimitive, ``import jaxmm.experimental`` says which JAX it needs,
+    and ``jaxmm`` itself still imports and works."""
+    import sys
+    import types
+
+    import numpy as np
+
+    monkeypatch.setitem(sys.modules, "jax.experimental.hijax", types.ModuleType("hijax"))
+    for name in ["jaxmm", "jaxmm.experimental", "jaxmm._primitive"]:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import jaxmm
+
+    with pytest.raises(ImportError, match=r"JAX 0\.10\.2 or newer"):
+        import jaxmm.experimental  # noqa: F401
+    a, b = jnp.ones((2, 3)), jnp.ones((3, 4))
+    np.testing.assert_array_equal(jaxmm.matmul(a, b), jnp.matmul(a, b))
