@@ -488,3 +488,14 @@ def test_bad_residual_options_are_refused_like_jaxmm():
     for kwargs in (dict(residual_dtype=jnp.int8), dict(residual_scaling="row")):
         expected = _raised(lambda: jaxmm.matmul(a, b, **kwargs))
         assert _raised(lambda: experimental.matmul(a, b, **kwargs)) == expected
+
+
+def test_forward_mode_doc_runs():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "forward_mode.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/forward_mode.md", "exec"), {})
