@@ -1,3 +1,5 @@
+# VJPHiPrimitive declares its rules with *args; a subclass names its operands.
+# pyright: reportIncompatibleMethodOverride=false
 """One JAX primitive for ``dot_general`` that carries every derivative rule written by hand.
 
 ``jax.custom_vjp`` (``_dot_general.py``) gives a function one hand-written rule, its VJP, and JAX
@@ -61,6 +63,7 @@ product keeps, in a position known from the dimension numbers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -324,10 +327,10 @@ def _is_accumulator(x: Any) -> bool:
     return not isinstance(x, jax.Array) and hasattr(x, "accum")
 
 
-def _shift(axes: tuple[int, ...], inserted: int | None) -> tuple[int, ...]:
+def _shift(axes: Sequence[int], inserted: int | None) -> tuple[int, ...]:
     """Axis indices after inserting an axis at ``inserted``."""
     if inserted is None:
-        return axes
+        return tuple(axes)
     return tuple(axis + (axis >= inserted) for axis in axes)
 
 
