@@ -4,7 +4,11 @@ how jaxmm.experimental still gets the result. If JAX changes, these tests say so
 import jax
 import jax.numpy as jnp
 import pytest
-from jax.experimental.hijax import VJPHiPrimitive
+
+try:
+    from jax.experimental.hijax import VJPHiPrimitive
+except ImportError as error:  # JAX without hijax primitives: tests/test_experimental_import.py
+    pytest.skip(str(error), allow_module_level=True)
 
 
 class _Double(VJPHiPrimitive):
@@ -70,22 +74,3 @@ def test_default_checkpoint_never_calls_a_primitives_remat_rule():
 def test_remat3_checkpoint_calls_the_remat_rule(remat3):
     asked, remat_calls = _checkpointed_gradient_asks()
     assert len(remat_calls) == 1 and "call_hi_primitive" not in asked
-
-
-def test_without_hijax_primitives_only_the_experimental_module_is_refused(monkeypatch):
-    """On a JAX without VJPHiPrimitive, ``import jaxmm.experimental`` says which JAX it needs,
-    and ``jaxmm`` itself still imports and works."""
-    import sys
-    import types
-
-    import numpy as np
-
-    monkeypatch.setitem(sys.modules, "jax.experimental.hijax", types.ModuleType("hijax"))
-    for name in ["jaxmm", "jaxmm.experimental", "jaxmm._primitive"]:
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    import jaxmm
-
-    with pytest.raises(ImportError, match=r"JAX 0\.10\.2 or newer"):
-        import jaxmm.experimental  # noqa: F401
-    a, b = jnp.ones((2, 3)), jnp.ones((3, 4))
-    np.testing.assert_array_equal(jaxmm.matmul(a, b), jnp.matmul(a, b))
