@@ -98,7 +98,8 @@ def primitive_dot_general(
         out_sharding,
         residual,
     )
-    return primitive(lhs, rhs)
+    out: jax.Array = primitive(lhs, rhs)
+    return out
 
 
 class DotGeneral(VJPHiPrimitive):
@@ -145,7 +146,7 @@ class DotGeneral(VJPHiPrimitive):
             out_sharding=out_sharding,
             residual=residual,
         )
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
 
     # The attributes below are set from ``params`` by VJPHiPrimitive.__init__.
     lhs_type: Any
@@ -156,7 +157,9 @@ class DotGeneral(VJPHiPrimitive):
     out_sharding: Any
     residual: ResidualFormat | None
 
-    def expand(self, lhs, rhs):  # how the primitive lowers: the product itself
+    def expand(
+        self, lhs: jax.Array, rhs: jax.Array
+    ) -> jax.Array:  # how the primitive lowers: the product itself
         return lax.dot_general(
             lhs,
             rhs,
@@ -166,7 +169,13 @@ class DotGeneral(VJPHiPrimitive):
             out_sharding=self.out_sharding,
         )
 
-    def _product(self, lhs, rhs, dimension_numbers=None, out_sharding=None):
+    def _product(
+        self,
+        lhs: jax.Array,
+        rhs: jax.Array,
+        dimension_numbers: DotDimensionNumbers | None = None,
+        out_sharding: Any = None,
+    ) -> jax.Array:
         """The same product (this primitive again) of other operands: tangents, batched."""
         return primitive_dot_general(
             lhs,
@@ -178,7 +187,9 @@ class DotGeneral(VJPHiPrimitive):
             self.residual,
         )
 
-    def _cotangents(self, cotangent, lhs, rhs):
+    def _cotangents(
+        self, cotangent: jax.Array, lhs: jax.Array | None, rhs: jax.Array | None
+    ) -> tuple[jax.Array | None, jax.Array | None]:
         """``(L̄, R̄)``; ``None`` for an operand whose cotangent is not wanted (its partner was not
         given). Precision and preferred type reach the backward products too."""
         options = (self.dimension_numbers, self.precision, self.preferred_element_type)
@@ -192,13 +203,17 @@ class DotGeneral(VJPHiPrimitive):
     # Reverse mode: L̄ needs R and R̄ needs L, so each operand is saved only if the other one's
     # cotangent is wanted (nzs_in says which operands are differentiated). Integer and boolean
     # operands have no cotangent.
-    def vjp_fwd(self, nzs_in, lhs, rhs):
+    def vjp_fwd(
+        self, nzs_in: tuple[bool, bool], lhs: jax.Array, rhs: jax.Array
+    ) -> tuple[jax.Array, tuple[Any, Any]]:
         lhs_wanted, rhs_wanted = (nz and _inexact(x) for nz, x in zip(nzs_in, (lhs, rhs)))
         saved_lhs = save_operand(lhs, self.residual) if rhs_wanted else None
         saved_rhs = save_operand(rhs, self.residual) if lhs_wanted else None
         return self(lhs, rhs), (saved_lhs, saved_rhs)
 
-    def vjp_bwd_retval(self, residuals, cotangent):
+    def vjp_bwd_retval(
+        self, residuals: tuple[Any, Any], cotangent: Any
+    ) -> tuple[jax.Array | None, jax.Array | None]:
         if isinstance(cotangent, Zero):  # Y does not reach the loss: nothing to propagate
             return None, None
         saved_lhs, saved_rhs = residuals
@@ -207,7 +222,7 @@ class DotGeneral(VJPHiPrimitive):
         return self._cotangents(cotangent, lhs, rhs)
 
     # Forward mode: dY = dL·R + L·dR.
-    def jvp(self, primals, tangents):
+    def jvp(self, primals: tuple[jax.Array, jax.Array], tangents: tuple[Any, Any]) -> Any:
         lhs, rhs = primals
         # The operands the tangent products read are what the backward pass reads, saved as
         # residual_dtype says (so that a gradient through this rule, which JAX takes inside
@@ -228,25 +243,27 @@ class DotGeneral(VJPHiPrimitive):
             lhs, rhs = lhs_read, rhs_read
         return self.expand(lhs, rhs), self._tangent(lhs_read, rhs_read, *tangents)
 
-    def _tangent(self, lhs, rhs, lhs_dot, rhs_dot):
-        terms = [
-            self._product(lhs_dot, rhs) if not isinstance(lhs_dot, Zero) else None,
-            self._product(lhs, rhs_dot) if not isinstance(rhs_dot, Zero) else None,
-        ]
-        terms = [term for term in terms if term is not None]
+    def _tangent(self, lhs: Any, rhs: Any, lhs_dot: Any, rhs_dot: Any) -> Any:
+        terms = []
+        if not isinstance(lhs_dot, Zero):
+            terms.append(self._product(lhs_dot, rhs))
+        if not isinstance(rhs_dot, Zero):
+            terms.append(self._product(lhs, rhs_dot))
         if not terms:
             return Zero(self.out_aval.to_tangent_aval())
         return terms[0] if len(terms) == 1 else lax.add(*terms)
 
     # jax.linearize: the forward rule split in two. The residuals are the operands the tangent
     # products need, R for dL·R and L for L·dR, saved as for the backward pass.
-    def lin(self, nzs_in, lhs, rhs):
+    def lin(
+        self, nzs_in: tuple[bool, bool], lhs: jax.Array, rhs: jax.Array
+    ) -> tuple[jax.Array, tuple[Any, Any]]:
         lhs_nz, rhs_nz = nzs_in
         saved_lhs = save_operand(lhs, self.residual) if rhs_nz else None
         saved_rhs = save_operand(rhs, self.residual) if lhs_nz else None
         return self(lhs, rhs), (saved_lhs, saved_rhs)
 
-    def linearized(self, residuals, lhs_dot, rhs_dot):
+    def linearized(self, residuals: tuple[Any, Any], lhs_dot: Any, rhs_dot: Any) -> Any:
         saved_lhs, saved_rhs = residuals
         lhs = None if saved_lhs is None else load_operand(saved_lhs, self.lhs_type)
         rhs = None if saved_rhs is None else load_operand(saved_rhs, self.rhs_type)
@@ -256,7 +273,7 @@ class DotGeneral(VJPHiPrimitive):
     # jax.grad differentiates through jax.checkpoint, lax.scan or a linearized function): the
     # backward rule, derived in the module docstring. The linear operand arrives as JAX's
     # cotangent accumulator, the other as a value.
-    def transpose(self, cotangent, lhs, rhs):
+    def transpose(self, cotangent: Any, lhs: Any, rhs: Any) -> None:
         lhs_linear, rhs_linear = (_is_accumulator(x) for x in (lhs, rhs))
         if lhs_linear == rhs_linear:
             raise NotImplementedError(
@@ -270,7 +287,9 @@ class DotGeneral(VJPHiPrimitive):
         )
         (lhs if lhs_linear else rhs).accum(lhs_ct if lhs_linear else rhs_ct)
 
-    def batch(self, axis_data, args, dims):
+    def batch(
+        self, axis_data: Any, args: tuple[jax.Array, jax.Array], dims: tuple[int | None, int | None]
+    ) -> tuple[jax.Array, int | None]:
         lhs, rhs = args
         lhs_dim, rhs_dim = dims
         if lhs_dim is None and rhs_dim is None:  # vmap of jvp calls this for unbatched values
@@ -296,7 +315,7 @@ class DotGeneral(VJPHiPrimitive):
         )
         return out, out_dim
 
-    def remat(self, policy, lhs, rhs):
+    def remat(self, policy: Any, lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, Any]:
         """Under ``jax.checkpoint`` (JAX's ``remat3`` implementation): ask the policy about the
         product as the ``dot_general`` it is, so that ``dots_saveable`` saves it and
         ``nothing_saveable`` recomputes it, as for ``jnp``. (JAX's default implementation asks
@@ -354,5 +373,5 @@ def _saved_primal(saved: jax.Array, recomputed: jax.Array) -> jax.Array:
 
 
 @_saved_primal.defjvp
-def _saved_primal_jvp(primals, tangents):
+def _saved_primal_jvp(primals: Any, tangents: Any) -> tuple[Any, Any]:
     return primals[0], tangents[1]
