@@ -79,7 +79,7 @@ def test_matmul_jvp_and_vjp_match_jnp(a_shape, b_shape):
 
 
 @SWEEP_DTYPES
-@pytest.mark.parametrize("a_shape, b_shape", [((2, 3, 4), (4, 5)), ((4,), (4,))], ids=str)
+@pytest.mark.parametrize("a_shape, b_shape", [((2, 3, 4), (4, 5))], ids=str)
 def test_matmul_dtypes(a_shape, b_shape, dtype):
     with x64_context(dtype):
         a, b = _operands(1, a_shape, b_shape, dtype)
