@@ -503,3 +503,14 @@ def test_forward_mode_doc_runs():
     assert blocks
     for block in blocks:
         exec(compile(block, "docs/forward_mode.md", "exec"), {})
+
+
+def test_weak_types_and_numpy_inputs_like_jnp():
+    weak = jax.lax.broadcast(2.0, (3,))  # a weakly-typed float32[3]
+    strong = jnp.ones(3, jnp.float32)
+    for a, b in [(weak, weak), (weak, strong)]:
+        assert jax.typeof(experimental.matmul(a, b)) == jax.typeof(jnp.matmul(a, b))
+        tangent = jax.jvp(experimental.matmul, (a, b), (a, b))[1]
+        assert jax.typeof(tangent) == jax.typeof(jax.jvp(jnp.matmul, (a, b), (a, b))[1])
+    a = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(experimental.matmul(a, a.T), jnp.matmul(a, a.T))
