@@ -93,7 +93,7 @@ POLICIES = {
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("case", BENCHMARK_CASES[:3] + BENCHMARK_CASES[-1:], ids=lambda c: c[0])
+@pytest.mark.parametrize("case", BENCHMARK_CASES, ids=lambda c: c[0])
 def test_checkpoint_policies_save_what_they_save_for_jnp(case, policy):
     """A policy that ignored jaxmm's product would recompute it (two more products than jnp
     under dots_saveable). With the operands saved by name, the products are the same; the
