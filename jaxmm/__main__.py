@@ -148,14 +148,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({time.perf_counter() - start:.0f} s)"
         )
         peer = results[0].torch_ratio is not None
+        experimental = results[0].experimental_ratio is not None
         print(
             f"{'case':<24} {'jaxmm ms':>9} {'jnp ms':>9} {'ratio':>6} {'GFLOP/s':>8} "
-            f"{'of limit':>8}" + (f" {'torch ms':>9} {'/torch':>6}" if peer else "")
+            f"{'of limit':>8}"
+            + (f" {'exp. ratio':>10}" if experimental else "")
+            + (f" {'torch ms':>9} {'/torch':>6}" if peer else "")
         )
         for r in results:
             print(
                 f"{r.case:<24} {r.jaxmm_ms:9.3f} {r.reference_ms:9.3f} {r.ratio:6.3f} "
                 f"{r.gflops:8.1f} {r.fraction_of_limit:8.2f}"
+                + (f" {r.experimental_ratio:10.3f}" if experimental else "")
                 + (f" {r.torch_ms:9.3f} {r.torch_ratio:6.3f}" if peer else "")
             )
         ratios = [r.ratio for r in results]
@@ -163,6 +167,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"median ratio jaxmm/jnp: {statistics.median(ratios):.3f} (max {max(ratios):.3f})"
             + ("" if peer else "; PyTorch peer not run (pip install torch to add it)")
         )
+        if experimental:
+            exp_ratios = [r.experimental_ratio or 0.0 for r in results]
+            jvp_ratios = [r.jvp_ratio or 0.0 for r in results]
+            print(
+                f"exp. ratio: jaxmm.experimental / jnp; median {statistics.median(exp_ratios):.3f}"
+            )
+            print("\nforward mode: jvp step (forward and both tangent products), jitted")
+            print(f"{'case':<24} {'exp. ms':>9} {'jnp ms':>9} {'ratio':>6}")
+            for r in results:
+                print(f"{r.case:<24} {r.jvp_ms:9.3f} {r.jvp_reference_ms:9.3f} {r.jvp_ratio:6.3f}")
+            print(
+                "median ratio jaxmm.experimental/jnp, jvp step: "
+                f"{statistics.median(jvp_ratios):.3f}"
+            )
         overheads = _benchmark.overheads(repeats=3 if args.quick else 7)
         print("\nun-jitted (eager) gradients and compile time, jaxmm / jnp.matmul autodiff")
         print(

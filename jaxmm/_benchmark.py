@@ -37,6 +37,13 @@ class Result:
     fraction_of_limit: float  # (3 x forward time) / jaxmm step time
     torch_ms: float | None = None  # torch.matmul + backward, when torch is installed
     torch_ratio: float | None = None  # jaxmm / torch step time
+    # jaxmm.experimental (None on a JAX without it): its vjp step, and forward mode, a jvp step
+    # (the forward product and both tangent products) against jnp.matmul's.
+    experimental_ms: float | None = None
+    experimental_ratio: float | None = None  # experimental / reference vjp step time
+    jvp_ms: float | None = None
+    jvp_reference_ms: float | None = None
+    jvp_ratio: float | None = None  # experimental / jnp.matmul jvp step time
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +72,21 @@ def _vjp_step(mm: Callable[..., jax.Array]) -> Callable[..., Any]:
 
 def _step(mm: Callable[..., jax.Array]) -> Any:
     return jax.jit(_vjp_step(mm))
+
+
+def _jvp_step(mm: Callable[..., jax.Array]) -> Any:
+    def step(a: jax.Array, b: jax.Array, a_dot: jax.Array, b_dot: jax.Array) -> Any:
+        return jax.jvp(mm, (a, b), (a_dot, b_dot))
+
+    return jax.jit(step)
+
+
+def _experimental_matmul() -> Callable[..., jax.Array] | None:
+    try:
+        from .experimental import matmul as experimental_matmul
+    except ImportError:  # a JAX without the primitive API jaxmm.experimental needs
+        return None
+    return experimental_matmul
 
 
 def _torch_step(m: int, k: int, n: int, dtype: str) -> Callable[[], Any] | None:
@@ -119,13 +141,20 @@ def measure(
         "reference": (_step(jnp.matmul), (a, b, cotangent)),
         "forward": (jax.jit(jnp.matmul), (a, b)),
     }
+    experimental = _experimental_matmul()
+    if experimental is not None:
+        key_a, key_b = jax.random.split(jax.random.key(1))
+        tangents = jax.random.normal(key_a, (m, k), dtype), jax.random.normal(key_b, (k, n), dtype)
+        functions["experimental"] = (_step(experimental), (a, b, cotangent))
+        functions["jvp"] = (_jvp_step(experimental), (a, b, *tangents))
+        functions["jvp_reference"] = (_jvp_step(jnp.matmul), (a, b, *tangents))
     # Warm up (compile), and find how many calls make one timing sample long enough.
     calls = 1
     for fn, args in functions.values():
         _time_once(fn, args)
         calls = max(calls, int(min_seconds / max(_time_once(fn, args), 1e-7)) + 1)
     samples: dict[str, list[float]] = {label: [] for label in functions}
-    for _ in range(repeats):  # interleaved, so drifts in machine speed hit all three alike
+    for _ in range(repeats):  # interleaved, so drifts in machine speed hit all alike
         for label, (fn, args) in functions.items():
             samples[label].append(sum(_time_once(fn, args) for _ in range(calls)) / calls)
     t = {label: statistics.median(s) for label, s in samples.items()}
@@ -152,6 +181,17 @@ def measure(
         fraction_of_limit=3 * t["forward"] / t["jaxmm"],
         torch_ms=1e3 * t["torch"] if "torch" in t else None,
         torch_ratio=t["jaxmm"] / t["torch"] if "torch" in t else None,
+        **(
+            dict(
+                experimental_ms=1e3 * t["experimental"],
+                experimental_ratio=t["experimental"] / t["reference"],
+                jvp_ms=1e3 * t["jvp"],
+                jvp_reference_ms=1e3 * t["jvp_reference"],
+                jvp_ratio=t["jvp"] / t["jvp_reference"],
+            )
+            if experimental is not None
+            else {}
+        ),
     )
 
 

@@ -74,3 +74,22 @@ def test_default_checkpoint_never_calls_a_primitives_remat_rule():
 def test_remat3_checkpoint_calls_the_remat_rule(remat3):
     asked, remat_calls = _checkpointed_gradient_asks()
     assert len(remat_calls) == 1 and "call_hi_primitive" not in asked
+
+
+def test_a_jitted_function_with_a_hijax_primitive_is_dispatched_by_python_on_every_call():
+    """JAX (0.10.2) runs a jitted function whose program holds a hijax primitive through its
+    Python dispatch path on every call (it lowers the primitive and looks the executable up
+    again), never the C++ fast path: JAX's own ``no_tracing`` check shows the re-entry. It costs
+    host time per call of the outermost jitted function (about 1 ms on the project's CPU
+    machine; docs/forward_mode.md), not device time."""
+    x = jnp.ones(3)
+    plain = jax.jit(lambda x: 2 * x)
+    hijax = jax.jit(lambda x: _Double(jax.typeof(x))(x))
+    plain(x), hijax(x)  # compiled
+    jax.config.update("jax_no_tracing", True)
+    try:
+        plain(x)  # the fast path: no Python
+        with pytest.raises(RuntimeError, match="re-tracing function .* but 'no_tracing' is set"):
+            hijax(x)
+    finally:
+        jax.config.update("jax_no_tracing", False)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxmm import __main__ as cli
-from jaxmm import _selfcheck
+from jaxmm import _benchmark, _selfcheck
 
 ALL_CASES = _selfcheck.cases
 
@@ -32,6 +32,12 @@ def test_main_job_runs_and_writes_json(tmp_path, monkeypatch, capsys):
     assert cases[:2] == ["square 32", "square 64"] and any(c.startswith("mlp") for c in cases)
     for r in results["benchmark"]:
         assert r["jaxmm_ms"] > 0 and r["reference_ms"] > 0 and r["fraction_of_limit"] > 0
+    # The jaxmm.experimental column and its forward-mode (jvp) rows, where JAX has it.
+    experimental = _benchmark._experimental_matmul() is not None
+    assert ("exp. ratio" in printed and "forward mode: jvp step" in printed) == experimental
+    for r in results["benchmark"]:
+        for key in ("experimental_ms", "experimental_ratio", "jvp_ms", "jvp_ratio"):
+            assert (r[key] is not None and r[key] > 0) == experimental
     assert [o["size"] for o in results["overheads"]] == [16, 64, 256]
     for o in results["overheads"]:
         assert o["eager_ratio"] > 0 and o["compile_ratio"] > 0 and o["one_operand_speedup"] > 0
