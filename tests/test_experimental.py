@@ -121,6 +121,18 @@ def test_einsum_jvp_and_vjp_match_jnp(subscripts, a_shape, b_shape):
     )
 
 
+@SWEEP_DTYPES
+def test_einsum_dtypes(dtype):
+    with x64_context(dtype):
+        a, b = _operands(22, (2, 3, 4), (2, 4, 5), dtype)
+        assert_same_jvp_and_vjp(
+            lambda a, b: experimental.einsum("bij,bjk->bki", a, b),
+            lambda a, b: jnp.einsum("bij,bjk->bki", a, b),
+            a,
+            b,
+        )
+
+
 @pytest.mark.parametrize(
     "a_dtype, b_dtype, preferred",
     [
