@@ -238,7 +238,11 @@ class DotGeneral(VJPHiPrimitive):
         # jax.checkpoint asks its policy about each equation of this rule's output. The primal
         # is the plain product (what the primitive expands to), so that dots_saveable sees a
         # dot_general and saves it exactly when it saves jnp's. (Without residual_dtype it reads
-        # the named operands, which are the operands themselves: nothing is saved twice.)
+        # the named operands, which are the operands themselves: nothing is saved twice.) JAX's
+        # default jax.checkpoint never asks the primitive's own `remat` rule, and sees the
+        # primitive only as `call_hi_primitive` (tests/test_experimental_limits.py). The cost:
+        # differentiating this primal output again (jvp of jvp) uses JAX's dot_general rules,
+        # which give the same numbers; tangents are this primitive, with jaxmm's rules.
         if self.residual is None:
             lhs, rhs = lhs_read, rhs_read
         return self.expand(lhs, rhs), self._tangent(lhs_read, rhs_read, *tangents)
