@@ -70,7 +70,6 @@ from typing import Any
 import jax
 import numpy as np
 from jax import lax
-from jax.ad_checkpoint import checkpoint_name
 from jax.experimental.hijax import VJPHiPrimitive, Zero
 
 from ._dot_general import _free_axes, lhs_cotangent, rhs_cotangent
@@ -200,6 +199,14 @@ class DotGeneral(VJPHiPrimitive):
             rhs_ct = rhs_cotangent(cotangent, lhs, self.rhs_type, *options)
         return lhs_ct, rhs_ct
 
+    def _save(self, operand: jax.Array, side: str) -> Any:
+        """``save_operand`` of the ``side`` operand: a per-channel scale runs along its batch and
+        contracting axes (_residuals)."""
+        (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = self.dimension_numbers
+        if side == "lhs":
+            return save_operand(operand, self.residual, (*lhs_batch, *lhs_contract), side)
+        return save_operand(operand, self.residual, (*rhs_batch, *rhs_contract), side)
+
     # Reverse mode: L̄ needs R and R̄ needs L, so each operand is saved only if the other one's
     # cotangent is wanted (nzs_in says which operands are differentiated). Integer and boolean
     # operands have no cotangent.
@@ -207,8 +214,8 @@ class DotGeneral(VJPHiPrimitive):
         self, nzs_in: tuple[bool, bool], lhs: jax.Array, rhs: jax.Array
     ) -> tuple[jax.Array, tuple[Any, Any]]:
         lhs_wanted, rhs_wanted = (nz and _inexact(x) for nz, x in zip(nzs_in, (lhs, rhs)))
-        saved_lhs = save_operand(lhs, self.residual) if rhs_wanted else None
-        saved_rhs = save_operand(rhs, self.residual) if lhs_wanted else None
+        saved_lhs = self._save(lhs, "lhs") if rhs_wanted else None
+        saved_rhs = self._save(rhs, "rhs") if lhs_wanted else None
         return self(lhs, rhs), (saved_lhs, saved_rhs)
 
     def vjp_bwd_retval(
@@ -226,15 +233,11 @@ class DotGeneral(VJPHiPrimitive):
         lhs, rhs = primals
         # The operands the tangent products read are what the backward pass reads, saved as
         # residual_dtype says (so that a gradient through this rule, which JAX takes inside
-        # jax.checkpoint, equals the one through vjp_fwd) and named: the policy
-        # save_only_these_names("jaxmm_lhs", "jaxmm_rhs") keeps them, and recomputes nothing
-        # that feeds a product.
-        lhs_read = load_operand(
-            checkpoint_name(save_operand(lhs, self.residual), "jaxmm_lhs"), self.lhs_type
-        )
-        rhs_read = load_operand(
-            checkpoint_name(save_operand(rhs, self.residual), "jaxmm_rhs"), self.rhs_type
-        )
+        # jax.checkpoint, equals the one through vjp_fwd) and named (by save_operand): the
+        # policy save_only_these_names("jaxmm_lhs", "jaxmm_rhs") keeps them, and recomputes
+        # nothing that feeds a product.
+        lhs_read = load_operand(self._save(lhs, "lhs"), self.lhs_type)
+        rhs_read = load_operand(self._save(rhs, "rhs"), self.rhs_type)
         # jax.checkpoint asks its policy about each equation of this rule's output. The primal
         # is the plain product (what the primitive expands to), so that dots_saveable sees a
         # dot_general and saves it exactly when it saves jnp's. (Without residual_dtype it reads
@@ -263,8 +266,8 @@ class DotGeneral(VJPHiPrimitive):
         self, nzs_in: tuple[bool, bool], lhs: jax.Array, rhs: jax.Array
     ) -> tuple[jax.Array, tuple[Any, Any]]:
         lhs_nz, rhs_nz = nzs_in
-        saved_lhs = save_operand(lhs, self.residual) if rhs_nz else None
-        saved_rhs = save_operand(rhs, self.residual) if lhs_nz else None
+        saved_lhs = self._save(lhs, "lhs") if rhs_nz else None
+        saved_rhs = self._save(rhs, "rhs") if lhs_nz else None
         return self(lhs, rhs), (saved_lhs, saved_rhs)
 
     def linearized(self, residuals: tuple[Any, Any], lhs_dot: Any, rhs_dot: Any) -> Any:

@@ -40,7 +40,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed JAX
     ) from error
 
 from ._dot_general import apply_dot_general
-from ._einsum import apply_einsum
+from ._einsum import OptimizeLike, apply_einsum
 from ._matmul import apply_matmul
 from ._primitive import primitive_dot_general
 from ._residuals import canonicalize_residual
@@ -125,16 +125,17 @@ def matmul(
 
 def einsum(
     subscripts: str,
-    a: ArrayLike,
-    b: ArrayLike,
-    *,
+    /,
+    *operands: ArrayLike,
+    out: None = None,
+    optimize: OptimizeLike = "auto",
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
     out_sharding: Any = None,
     residual_dtype: DTypeLike | None = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
-    """:func:`jaxmm.einsum` with every contraction computed by
+    """:func:`jaxmm.einsum` (any number of operands) with every pairwise contraction computed by
     :func:`jaxmm.experimental.dot_general`.
 
     Args, Returns: as :func:`jaxmm.einsum`.
@@ -147,12 +148,15 @@ def einsum(
       >>> linear(2 * w)[0]
       Array([6., 6., 6., 6.], dtype=float32)
     """
+    if out is not None:
+        raise NotImplementedError("The 'out' argument to jaxmm.einsum is not supported.")
     return apply_einsum(
         dot_general,
         subscripts,
-        (a, b),
+        operands,
         precision,
         preferred_element_type,
         out_sharding,
         canonicalize_residual(residual_dtype, residual_scaling),
+        optimize=optimize,
     )

@@ -121,6 +121,26 @@ def test_einsum_jvp_and_vjp_match_jnp(subscripts, a_shape, b_shape):
     )
 
 
+@pytest.mark.parametrize(
+    "subscripts, shapes",
+    [
+        ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 5)]),  # a chain: two products
+        ("bij,bjk,kl->bil", [(2, 3, 4), (2, 4, 5), (5, 3)]),
+        ("ii,ij->j", [(3, 3), (3, 4)]),  # a diagonal, then a product
+        ("ij->ji", [(3, 4)]),  # no product at all
+    ],
+    ids=str,
+)
+def test_einsum_of_any_number_of_operands(subscripts, shapes):
+    rng = np.random.default_rng(23)
+    operands = [random_array(rng, shape, jnp.float32) for shape in shapes]
+    assert_same_jvp_and_vjp(
+        lambda *xs: experimental.einsum(subscripts, *xs),
+        lambda *xs: jnp.einsum(subscripts, *xs),
+        *operands,
+    )
+
+
 @SWEEP_DTYPES
 def test_einsum_dtypes(dtype):
     with x64_context(dtype):
