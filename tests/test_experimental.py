@@ -461,6 +461,26 @@ def test_residual_dtype_rounds_what_the_derivative_products_read_like_jaxmm():
     assert_same_jvp(experimental.matmul, jnp.matmul, a, b)
 
 
+@pytest.mark.parametrize(
+    "residual_dtype, residual_scaling",
+    [(jnp.float16, "tensor"), (jnp.float16, "channel"), (jnp.float8_e4m3fn, "channel")],
+    ids=str,
+)
+def test_scaled_residuals_give_jaxmms_gradients(residual_dtype, residual_scaling):
+    """Scaled narrow residuals (a pair of arrays per operand), per tensor and per channel: the
+    gradients equal jaxmm's, directly and through jax.checkpoint and jax.linearize."""
+    a, b = _operands(24, (2, 3, 8), (8, 5))
+    kwargs = dict(residual_dtype=residual_dtype, residual_scaling=residual_scaling)
+    ours = lambda a, b: experimental.matmul(100 * a, b, **kwargs)  # noqa: E731
+    theirs = lambda a, b: jaxmm.matmul(100 * a, b, **kwargs)  # noqa: E731
+    assert_same_vjp(ours, theirs, a, b)
+    checkpointed = lambda mm: jax.checkpoint(lambda a, b: jnp.sin(mm(a, b)))  # noqa: E731
+    assert_same_vjp(checkpointed(ours), checkpointed(theirs), a, b)
+    y = ours(a, b)
+    transposed = jax.linear_transpose(jax.linearize(ours, a, b)[1], a, b)(jnp.cos(y))
+    jax.tree.map(assert_close, transposed, jax.vjp(theirs, a, b)[1](jnp.cos(y)))
+
+
 # Flax layers.
 
 
