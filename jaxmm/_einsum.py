@@ -97,8 +97,6 @@ def einsum(
       >>> jaxmm.einsum("ii->", jnp.eye(3))  # a trace: no product needed
       Array(3., dtype=float32)
     """
-    if out is not None:
-        raise NotImplementedError("The 'out' argument to jaxmm.einsum is not supported.")
     return apply_einsum(
         dot_general,
         subscripts,
@@ -108,6 +106,7 @@ def einsum(
         out_sharding,
         canonicalize_residual(residual_dtype, residual_scaling),
         optimize=optimize,
+        out=out,
     )
 
 
@@ -121,10 +120,13 @@ def apply_einsum(
     residual: ResidualFormat | None,
     *,
     optimize: OptimizeLike = "auto",
+    out: None = None,
 ) -> jax.Array:
     """``einsum`` with every contraction computed by ``dot_general`` (a function with the
     signature of :func:`jaxmm.dot_general`): the one parser, path and layout plan of every
     differentiation mechanism."""
+    if out is not None:
+        raise NotImplementedError("The 'out' argument to jaxmm.einsum is not supported.")
     if not isinstance(subscripts, str):
         raise TypeError(f"einsum subscripts must be a string, got {type(subscripts).__name__}.")
     arrays = tuple(as_array(x, "einsum", i + 1) for i, x in enumerate(operands))

@@ -148,8 +148,6 @@ def einsum(
       >>> linear(2 * w)[0]
       Array([6., 6., 6., 6.], dtype=float32)
     """
-    if out is not None:
-        raise NotImplementedError("The 'out' argument to jaxmm.einsum is not supported.")
     return apply_einsum(
         dot_general,
         subscripts,
@@ -159,4 +157,5 @@ def einsum(
         out_sharding,
         canonicalize_residual(residual_dtype, residual_scaling),
         optimize=optimize,
+        out=out,
     )
