@@ -1,36 +1,14 @@
-"""``dot_general`` with a hand-derived backward pass.
+"""``dot_general`` with a hand-derived backward pass: the public function and its ``custom_vjp``.
 
-The derivation, for any dimension numbers
------------------------------------------
-Group the axes of each operand into three kinds: *batch* axes (paired between the operands and kept
-in the output), *contracting* axes (paired and summed over) and *free* axes (all the others, kept in
-the output). With one multi-index for each kind, ``lax.dot_general`` computes
-
-    Y[b, i, j] = Σ_c L[b, i, c] · R[b, c, j]
-
-where ``b`` runs over the batch axes, ``i`` over the lhs free axes, ``j`` over the rhs free axes and
-``c`` over the contracting axes; the output axes come in the order (batch, lhs free, rhs free).
-
-As in the seed derivation for ``Y = W X``, the chain rule gives
-``dL[b, i, c] = Σ_{b', i', j'} dY[b', i', j'] · ∂Y[b', i', j'] / ∂L[b, i, c]``. ``Y[b', i', j']``
-depends on ``L[b, i, c]`` only when ``b' = b`` and ``i' = i`` (it reads row ``i`` of batch ``b``
-only), and then its derivative is ``R[b, c, j']``. Every other term vanishes, leaving
-
-    dL[b, i, c] = Σ_j dY[b, i, j] · R[b, c, j]
-
-which is again a ``dot_general``: of ``dY`` with ``R``, contracting ``dY``'s rhs-free axes with
-``R``'s free axes and pairing the batch axes. It yields the axes in the order (batch, lhs free,
-rhs's remaining = contracting axes); one transpose puts them back in ``L``'s own order. For
-``Y = L R`` with 2-D operands this is ``dL = dY Rᵀ``; the rhs rule is the same rule with the roles
-of the operands swapped, ``dR[b, c, j] = Σ_i dY[b, i, j] · L[b, i, c]`` (``dR = Lᵀ dY``). Nothing is
-conjugated: for complex operands JAX's convention is the plain transpose.
+The rules, derived, are in :mod:`jaxmm._rules`; this module gives them to ``jax.custom_vjp``
+for products whose operands are saved narrowed (``residual_dtype``), and chooses, for each
+product, that or the primitive of :mod:`jaxmm._bilinear`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -39,6 +17,7 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from ._bilinear import bilinear_dot_general
 from ._checks import (
     as_array,
     canonicalize_dimension_numbers,
@@ -53,6 +32,7 @@ from ._residuals import (
     load_operand,
     save_operand,
 )
+from ._rules import lhs_cotangent, rhs_cotangent
 from ._typing import ArrayLike, DotDimensionNumbers, DTypeLike, PrecisionLike
 
 
@@ -130,7 +110,7 @@ def dot_general(
              [196608., 196608., 196608., 196608.]], dtype=float32)
     """
     return apply_dot_general(
-        _dot_general,
+        _product,
         lhs,
         rhs,
         dimension_numbers,
@@ -212,6 +192,28 @@ def _match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.
     if lhs_axes - rhs_axes:
         rhs = cast(rhs, tuple(sorted(lhs_axes - rhs_axes)))
     return lhs, rhs
+
+
+def _product(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    dimension_numbers: DotDimensionNumbers,
+    precision: PrecisionLike,
+    preferred_element_type: DTypeLike | None,
+    out_sharding: Any,
+    residual: ResidualFormat | None,
+) -> jax.Array:
+    """The product of :func:`dot_general`: operands saved as they are, by the primitive of
+    :mod:`jaxmm._bilinear` (whose batching rule folds ``vmap``'s axes into the product, and whose
+    residuals are JAX's own choice, as for ``jnp``); operands saved narrowed, by the
+    ``jax.custom_vjp`` below, which chooses its residuals itself."""
+    if residual is None:
+        return bilinear_dot_general(
+            lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding
+        )
+    return _dot_general(
+        lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding, residual
+    )
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
@@ -305,123 +307,6 @@ def _dot_general_fwd(
     return out, (saved_lhs, saved_rhs, types)
 
 
-def lhs_cotangent(
-    cotangent: jax.Array,
-    lhs_type: Any,
-    rhs: jax.Array,
-    dimension_numbers: DotDimensionNumbers,
-    precision: Any,
-    preferred_element_type: Any,
-    *,
-    rhs_free_first: bool = False,
-) -> jax.Array:
-    """``dL[b, i, c] = Σ_j dY[b, i, j] R[b, c, j]``, in ``L``'s axis order, shape and dtype.
-
-    ``rhs_free_first`` says that the rhs free axes come before the lhs free axes in ``cotangent``:
-    that is how the rhs rule reuses this one, with the operands' roles swapped.
-    """
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-    lhs_free = _free_axes(lhs_type.ndim, lhs_contract, lhs_batch)
-    rhs_free = _free_axes(rhs.ndim, rhs_contract, rhs_batch)
-    num_batch = len(lhs_batch)
-    # Y's axes are (batch, lhs free, rhs free), or (batch, rhs free, lhs free) when swapped.
-    rhs_free_start = num_batch if rhs_free_first else num_batch + len(lhs_free)
-    summed = tuple(range(rhs_free_start, rhs_free_start + len(rhs_free)))  # j, in Y
-    batch = tuple(range(num_batch))  # b, in Y
-    # R's contracting axis rhs_contract[k] is paired with L's axis lhs_contract[k]; a product
-    # yields R's contracting axes in R's order, which are these axes of L:
-    c_axes = tuple(lhs_contract[k] for k in np.argsort(rhs_contract, kind="stable"))
-    dot = partial(
-        lax.dot_general, precision=precision, preferred_element_type=preferred_element_type
-    )
-
-    def dy_first(cotangent: jax.Array, rhs: jax.Array) -> jax.Array:
-        # Σ_j pairs Y's rhs-free axes with R's free axes, b stays paired with R's batch axes; the
-        # product's axes are (b, i, c).
-        product_axes = (*lhs_batch, *lhs_free, *c_axes)
-        product = dot(
-            cotangent,
-            rhs,
-            ((summed, rhs_free), (batch, rhs_batch)),
-            out_sharding=_cotangent_sharding(lhs_type, product_axes),
-        )
-        return _transpose(product, tuple(np.argsort(product_axes, kind="stable")))
-
-    def r_first(cotangent: jax.Array, rhs: jax.Array) -> jax.Array:
-        # The same sum with the operands' order swapped, R laid out as (b, c, j) first: the
-        # product's axes are (b, c, i). The barrier keeps XLA from folding the transpose back
-        # into the dot (which would be dy_first again).
-        rhs_t = lax.optimization_barrier(
-            _transpose(rhs, (*rhs_batch, *sorted(rhs_contract), *rhs_free))
-        )
-        rhs_t_free = tuple(range(rhs.ndim - len(rhs_free), rhs.ndim))
-        product_axes = (*lhs_batch, *c_axes, *lhs_free)
-        product = dot(
-            rhs_t,
-            cotangent,
-            ((rhs_t_free, summed), (batch, batch)),
-            out_sharding=_cotangent_sharding(lhs_type, product_axes),
-        )
-        return _transpose(product, tuple(np.argsort(product_axes, kind="stable")))
-
-    if _r_first_pays(cotangent, rhs, summed, lhs_type):
-        # Always traced (the public functions are jitted): resolved when compiled for a platform.
-        lhs_cotangent = lax.platform_dependent(cotangent, rhs, cpu=r_first, default=dy_first)
-    else:
-        lhs_cotangent = dy_first(cotangent, rhs)
-    return _cast_like(lhs_cotangent, lhs_type)
-
-
-def rhs_cotangent(
-    cotangent: jax.Array,
-    lhs: jax.Array,
-    rhs_type: Any,
-    dimension_numbers: DotDimensionNumbers,
-    precision: Any,
-    preferred_element_type: Any,
-) -> jax.Array:
-    """``dR[b, c, j] = Σ_i dY[b, i, j] L[b, i, c]``, in ``R``'s axis order, shape and dtype: the
-    lhs rule with the operands' roles (and dimension numbers) swapped."""
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-    swapped = ((rhs_contract, lhs_contract), (rhs_batch, lhs_batch))
-    return lhs_cotangent(
-        cotangent,
-        rhs_type,
-        lhs,
-        swapped,
-        precision,
-        preferred_element_type,
-        rhs_free_first=True,
-    )
-
-
-# Where XLA's CPU backend is fast, and where not (measured on the project's 2-core x86 machine with
-# jaxlib 0.10.2; README "Performance"): a dot runs on the fast YNNPACK kernels only when the
-# contracted axes of its *first* operand are that operand's trailing axes. The lhs rule's product
-# dY·Rᵀ contracts dY's trailing axes; the rhs rule's Lᵀ·dY contracts dY's *leading* free axes and
-# falls to a generic kernel that takes about 1.3-1.6x the time of a forward product. For small
-# products (about 96³ to 200³) transposing the saved operand first and putting it first wins: the
-# whole step gets 15-30 % faster. From 256³ up, XLA's transpose costs as much as it saves, and below
-# 96³ the step is dominated by dispatch, so there the direct form stays. GPUs and TPUs take
-# transposed operands for free and always run the direct form, and so do complex and integer types,
-# which YNNPACK does not take; lax.platform_dependent picks the form for the platform compiled for.
-_R_FIRST_FLOPS = (2**20, 2**24)  # 2·m·k·n of the product, both ends included
-
-
-def _r_first_pays(
-    cotangent: jax.Array, saved: jax.Array, summed: tuple[int, ...], target_type: Any
-) -> bool:
-    trailing = summed == tuple(range(cotangent.ndim - len(summed), cotangent.ndim))
-    if trailing:  # dY's summed axes already trail: the direct form is the fast one
-        return False
-    real = (jax.numpy.issubdtype(x.dtype, np.floating) for x in (cotangent, saved))
-    if not all(real):  # YNNPACK takes real floating types only
-        return False
-    flops = 2 * math.prod(target_type.shape) * math.prod(cotangent.shape[a] for a in summed)
-    low, high = _R_FIRST_FLOPS
-    return bool(low <= flops <= high)
-
-
 def _dot_general_bwd(
     dimension_numbers: DotDimensionNumbers,
     precision: PrecisionLike,
@@ -464,36 +349,3 @@ def _zeros_if_none(cotangent: jax.Array | None, operand_type: Any) -> jax.Array 
 
 
 _dot_general.defvjp(_dot_general_fwd, _dot_general_bwd, symbolic_zeros=True)
-
-
-def _free_axes(ndim: int, contract: Sequence[int], batch: Sequence[int]) -> tuple[int, ...]:
-    """The axes that are neither contracted nor batched, in increasing order."""
-    return tuple(axis for axis in range(ndim) if axis not in contract and axis not in batch)
-
-
-def _transpose(x: jax.Array, permutation: tuple[int, ...]) -> jax.Array:
-    if permutation == tuple(range(x.ndim)):
-        return x
-    return lax.transpose(x, permutation)
-
-
-def _cotangent_sharding(operand_type: Any, product_axes: tuple[int, ...]) -> Any:
-    """The operand's own sharding, laid out in the order the cotangent product emits its axes, so
-    that each cotangent comes out sharded like its primal (``None`` outside any mesh)."""
-    sharding = operand_type.sharding
-    if sharding.mesh.empty:
-        return None
-    spec = tuple(sharding.spec) + (None,) * (operand_type.ndim - len(sharding.spec))
-    return sharding.update(spec=jax.sharding.PartitionSpec(*(spec[axis] for axis in product_axes)))
-
-
-def _cast_like(cotangent: jax.Array, primal_type: Any) -> jax.Array:
-    """A cotangent has its primal's dtype: the real part for a real operand of a complex product
-    (the imaginary part is not a direction the real operand can move in)."""
-    if jax.numpy.iscomplexobj(cotangent) and not jax.numpy.issubdtype(
-        primal_type.dtype, np.complexfloating
-    ):
-        cotangent = lax.real(cotangent)
-    if cotangent.dtype != primal_type.dtype:
-        cotangent = lax.convert_element_type(cotangent, primal_type.dtype)
-    return cotangent

@@ -72,8 +72,8 @@ import numpy as np
 from jax import lax
 from jax.experimental.hijax import VJPHiPrimitive, Zero
 
-from ._dot_general import _free_axes, lhs_cotangent, rhs_cotangent
 from ._residuals import ResidualFormat, load_operand, save_operand
+from ._rules import free_axes, lhs_cotangent, rhs_cotangent
 from ._typing import DotDimensionNumbers
 
 
@@ -304,7 +304,7 @@ class DotGeneral(VJPHiPrimitive):
         (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = self.dimension_numbers
         lhs_contract, lhs_batch = _shift(lhs_contract, lhs_dim), _shift(lhs_batch, lhs_dim)
         rhs_contract, rhs_batch = _shift(rhs_contract, rhs_dim), _shift(rhs_batch, rhs_dim)
-        lhs_free = _free_axes(lhs.ndim, lhs_contract, lhs_batch)
+        lhs_free = free_axes(lhs.ndim, lhs_contract, lhs_batch)
         if lhs_dim is not None and rhs_dim is not None:
             # One more batch pair, the last: the product emits it after the others.
             out_dim = len(lhs_batch)
@@ -312,7 +312,7 @@ class DotGeneral(VJPHiPrimitive):
         elif lhs_dim is not None:  # a free axis of L, among L's free axes in increasing order
             out_dim = len(lhs_batch) + lhs_free.index(lhs_dim)
         else:
-            rhs_free = _free_axes(rhs.ndim, rhs_contract, rhs_batch)
+            rhs_free = free_axes(rhs.ndim, rhs_contract, rhs_batch)
             out_dim = len(lhs_batch) + len(lhs_free) + rhs_free.index(rhs_dim)
         out = self._product(
             lhs,

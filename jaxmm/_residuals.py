@@ -4,9 +4,14 @@ By default an operand is saved as it is. With ``residual_dtype`` a real floating
 than that dtype is saved narrowed, and widened again when the backward pass reads it; the forward
 result never changes, only the operands the cotangent products read.
 
-Every saved operand is tagged with :func:`jax.ad_checkpoint.checkpoint_name` as ``"jaxmm_lhs"`` or
-``"jaxmm_rhs"`` (a scale under its operand's name), so that :func:`jax.checkpoint` policies such as
-``save_only_these_names("jaxmm_lhs", "jaxmm_rhs")`` keep exactly what the backward pass reads.
+Every *narrowed* operand is tagged with :func:`jax.ad_checkpoint.checkpoint_name` as ``"jaxmm_lhs"``
+or ``"jaxmm_rhs"`` (a scale under its operand's name), so that :func:`jax.checkpoint` policies such
+as ``save_only_these_names("jaxmm_lhs", "jaxmm_rhs")`` keep exactly the narrowed copies the backward
+pass reads. An operand saved as it is carries no name: ``checkpoint_name`` makes a new value, and
+JAX forwards a residual that *is* an input of the differentiated function (a layer's weight, a
+``lax.scan``'s sliced weights) instead of saving it, only while it is that input. Named, a scanned
+weight would be saved a second time, stacked over the layers; unnamed, it is read "from the
+argument", as for ``jnp``. A narrowed copy is a new array anyway, so its name costs nothing.
 
 Scaled narrowing
 ----------------
@@ -181,7 +186,8 @@ def save_operand(
     kept_axes: Sequence[int],
     side: str,
 ) -> Any:
-    """The operand as saved for the backward pass, named ``NAMES[side]`` for jax.checkpoint.
+    """The operand as saved for the backward pass; a narrowed copy is named ``NAMES[side]`` for
+    jax.checkpoint (the operand itself is not: see the module docstring).
 
     Args:
       operand: the ``lhs`` or ``rhs`` of a ``dot_general``, of any shape.
@@ -198,8 +204,8 @@ def save_operand(
     """
     saved: jax.Array | tuple[jax.Array, jax.Array]
     if residual is None or not _narrowed(operand.dtype, residual):
-        saved = operand
-    elif not is_scaled(operand.dtype, residual):
+        return operand
+    if not is_scaled(operand.dtype, residual):
         saved = lax.convert_element_type(operand, residual.dtype)
     else:
         if residual.scaling == "channel":

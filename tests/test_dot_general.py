@@ -1,6 +1,7 @@
 """jaxmm.dot_general against jax.vjp of lax.dot_general, over a table of dimension numbers."""
 
 import inspect
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -124,8 +125,13 @@ def test_dot_general_precision(precision):
     )
 
 
-def test_dot_general_is_custom_vjp():
+def test_exact_products_are_jaxmms_primitive_and_narrowed_ones_a_custom_vjp():
     lhs, rhs = jnp.ones((2, 3)), jnp.ones((3, 4))
-    for fn in (lambda l, r: jaxmm.dot_general(l, r, (((1,), (0,)), ((), ()))), jaxmm.matmul):
+    dg = lambda l, r, **kw: jaxmm.dot_general(l, r, (((1,), (0,)), ((), ())), **kw)
+    for fn in (dg, jaxmm.matmul):
         names = primitive_names(jax.make_jaxpr(fn)(lhs, rhs).jaxpr)
+        assert names.count("jaxmm_dot_general") == 1
+        assert "dot_general" not in names and not [n for n in names if "custom" in n]
+        narrowed = partial(fn, residual_dtype=jnp.bfloat16)
+        names = primitive_names(jax.make_jaxpr(narrowed)(lhs, rhs).jaxpr)
         assert [name for name in names if "custom" in name] == ["custom_vjp_call"]

@@ -12,7 +12,7 @@ from test_dot_general import DOT_GENERAL_CASES
 from test_matmul import MATMUL_SHAPES
 
 import jaxmm
-from jaxmm import _dot_general
+from jaxmm import _tuning
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float64, jnp.complex64, jnp.int8]
 
@@ -20,7 +20,7 @@ DTYPES = [jnp.float32, jnp.bfloat16, jnp.float64, jnp.complex64, jnp.int8]
 @pytest.fixture
 def r_first(monkeypatch):
     """Take the transposed-first form for products of any size."""
-    monkeypatch.setattr(_dot_general, "_R_FIRST_FLOPS", (0, float("inf")))
+    monkeypatch.setattr(_tuning, "SAVED_FIRST_FLOPS", (0, float("inf")))
 
 
 @pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])

@@ -12,7 +12,7 @@ from jax import lax
 from reference import saved_arrays, sub_jaxprs
 
 import jaxmm
-from jaxmm import _benchmark, _dot_general
+from jaxmm import _benchmark, _tuning
 
 DN = (((2,), (1,)), ((0,), (0,)))
 
@@ -143,7 +143,7 @@ def test_benchmark_step_compiles_to_the_references_program(case):
     assert _count_dots(ours) == _count_dots(theirs) == 3
     assert ours.cost_analysis()["flops"] == theirs.cost_analysis()["flops"]
 
-    low, high = _dot_general._R_FIRST_FLOPS
+    low, high = _tuning.SAVED_FIRST_FLOPS
     r_first = jax.default_backend() == "cpu" and low <= 2 * m * k * n <= high
     extra = _entry_ops(ours) - _entry_ops(theirs)
     assert not _entry_ops(theirs) - _entry_ops(ours)

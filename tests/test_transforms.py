@@ -1,6 +1,7 @@
 """Under JAX's transformations jaxmm gives the numbers JAX gives for jnp.matmul / dot_general."""
 
 import itertools
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -142,14 +143,29 @@ def test_scan():
     assert_same_vjp(rnn(jaxmm.matmul), rnn(jnp.matmul), h0, weights)
 
 
-@pytest.mark.parametrize("transform", ["jvp", "jacfwd"])
-def test_forward_mode_is_refused_with_jaxs_error(transform):
+@pytest.mark.parametrize("transform", ["jvp", "jacfwd", "linearize"])
+def test_forward_mode_of_exact_products_is_jnps(transform):
     a, b = _operands()
+    da, db = _operands(5)
+    forward = {
+        "jvp": lambda mm: jax.jvp(mm, (a, b), (da, db)),
+        "jacfwd": lambda mm: jax.jacfwd(mm, argnums=(0, 1))(a, b),
+        "linearize": lambda mm: jax.linearize(mm, a, b)[1](da, db),
+    }[transform]
+    jax.tree.map(assert_close, forward(jaxmm.matmul), forward(jnp.matmul))
+
+
+@pytest.mark.parametrize("transform", ["jvp", "jacfwd"])
+def test_forward_mode_of_narrowed_products_is_refused_with_jaxs_error(transform):
+    """Saving narrowed operands takes a ``jax.custom_vjp``, which JAX differentiates in reverse
+    mode only."""
+    a, b = _operands()
+    mm = lambda a, b: jaxmm.matmul(a, b, residual_dtype=jnp.bfloat16)
     with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
         if transform == "jvp":
-            jax.jvp(jaxmm.matmul, (a, b), (a, b))
+            jax.jvp(mm, (a, b), (a, b))
         else:
-            jax.jacfwd(jaxmm.matmul)(a, b)
+            jax.jacfwd(mm)(a, b)
 
 
 @pytest.mark.parametrize("wrt", [(0,), (1,), (0, 1)], ids=str)
@@ -188,7 +204,8 @@ def test_perturbation_patterns_mixed_in_any_order():
     jaxmm's residual structure must not depend on the pattern, or a later trace unflattens one
     pattern's residuals with another's structure (an AssertionError, or a wrong gradient)."""
     a, b = _operands(11, (3, 3), (3, 3))
-    mm = jax.jit(jaxmm.matmul)
+    # residual_dtype=float32 of float32 operands: the custom_vjp, saving the operands exactly.
+    mm = jax.jit(partial(jaxmm.matmul, residual_dtype=jnp.float32))
     jax.vjp(mm, a, b)  # eager: both operands, then one
     jax.vjp(lambda a: mm(a, b), a)
     expected = jax.grad(_loss(jnp.matmul), argnums=(0, 1))(a, b)

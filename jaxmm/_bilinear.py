@@ -1,0 +1,195 @@
+"""The exact product as a JAX primitive whose rules are written by hand, as ``lax.dot_general``'s.
+
+Why a primitive, not ``jax.custom_vjp``
+---------------------------------------
+``jax.vmap`` of a ``custom_vjp`` function vmaps its backward rule: for a per-token product
+``y = v W`` mapped over tokens with ``W`` shared, the rule ``dW[c, j] = dy[j] v[c]`` runs once per
+token, and JAX sums the per-token ``dW`` afterwards. That is an array of ``tokens × W.size``, where
+``Σ_n dy[n, j] v[n, c]`` is one product. A primitive carries its own batching rule, which folds the
+mapped axes into the product before any rule runs; ``lax.dot_general`` is such a primitive, and so
+is this one, with these rules:
+
+- **JVP** (forward mode, and the first half of reverse mode): ``dY = dL·R + L·dR``, each term this
+  primitive again (derived in :mod:`jaxmm._primitive`). An operand with a symbolic-zero tangent
+  (frozen weights, inputs) drops its term: no product is computed for it.
+- **Transpose** (the second half of reverse mode): ``jax.grad`` linearizes with the JVP rule and
+  transposes each tangent product with the backward rule of :mod:`jaxmm._dot_general`,
+  ``dL[b, i, c] = Σ_j dY[b, i, j] R[b, c, j]`` and ``dR[b, c, j] = Σ_i dY[b, i, j] L[b, i, c]``.
+  What the backward pass keeps is what those products read: the other operand itself, which JAX
+  reads "from the argument" where it is one (a weight, a ``lax.scan``'s sliced weights), exactly as
+  for ``jnp``.
+- **Batching**, derived: ``vmap`` adds one axis ``n`` to some operands. Mapped in ``L`` only,
+  ``Y[n, b, i, j] = Σ_c L[n, b, i, c] R[b, c, j]``: ``n`` is one more *free* axis of ``L`` and of
+  ``Y``. Mapped in both, ``Y[n, b, i, j] = Σ_c L[n, b, i, c] R[n, b, c, j]``: one more *batch*
+  pair. Either way the batched product is this primitive with new dimension numbers, and nothing
+  else. The backward rules then treat ``n`` as any other axis of its kind: a free axis of ``L`` is
+  summed by ``dR``'s ``Σ_i`` (``dW = Σ_n dyᵀ v``, the contraction ``jnp``'s gradient makes) and kept
+  by ``dL``; a batch axis is kept by both. Nested ``vmap`` adds one axis per level, so no
+  per-example weight gradient is ever formed, unless the program asks for one
+  (``vmap(grad(f))``, where the weight's cotangent is mapped and so the batch pair is kept).
+- **Lowering**: ``lax.dot_general`` itself, so that the compiled program is ``jnp``'s.
+
+The primal output of the JVP rule is ``lax.dot_general`` itself, so that a ``jax.checkpoint``
+policy sees the product as the ``dot_general`` it is (``dots_saveable`` saves it exactly where it
+saves ``jnp``'s). Operands saved narrowed (``residual_dtype``) need a rule that chooses its own
+residuals: that is the ``jax.custom_vjp`` of :mod:`jaxmm._dot_general`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+from jax import lax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+from ._rules import free_axes, lhs_cotangent, rhs_cotangent
+from ._typing import DotDimensionNumbers
+
+dot_general_p = Primitive("jaxmm_dot_general")
+
+
+def bilinear_dot_general(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    dimension_numbers: DotDimensionNumbers,
+    precision: Any,
+    preferred_element_type: Any,
+    out_sharding: Any,
+) -> jax.Array:
+    """``lax.dot_general`` of checked, canonical arguments as one ``jaxmm_dot_general``."""
+    out: jax.Array = dot_general_p.bind(
+        lhs,
+        rhs,
+        dimension_numbers=dimension_numbers,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        out_sharding=out_sharding,
+    )
+    return out
+
+
+def _lax_dot_general(lhs: jax.Array, rhs: jax.Array, **params: Any) -> jax.Array:
+    """What the primitive computes and lowers to."""
+    out: jax.Array = lax.dot_general(lhs, rhs, **params)
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _abstract_eval(lhs: Any, rhs: Any, **params: Any) -> Any:
+    # The type of lax.dot_general's own result: shape, dtype, weak type, sharding and the
+    # shard_map varying axes, so that the primitive is typed as the product it stands for.
+    return jax.typeof(jax.eval_shape(functools.partial(_lax_dot_general, **params), lhs, rhs))
+
+
+dot_general_p.def_impl(_lax_dot_general)
+dot_general_p.def_abstract_eval(_abstract_eval)
+mlir.register_lowering(dot_general_p, mlir.lower_fun(_lax_dot_general, multiple_results=False))
+
+
+def _jvp(primals: Sequence[Any], tangents: Sequence[Any], **params: Any) -> tuple[Any, Any]:
+    # dY = dL·R + L·dR; a symbolic-zero tangent drops its term.
+    lhs, rhs = primals
+    lhs_dot, rhs_dot = tangents
+    out = _lax_dot_general(lhs, rhs, **params)
+    terms = []
+    if type(lhs_dot) is not ad.Zero:
+        terms.append(dot_general_p.bind(lhs_dot, rhs, **params))
+    if type(rhs_dot) is not ad.Zero:
+        terms.append(dot_general_p.bind(lhs, rhs_dot, **params))
+    if not terms:
+        return out, ad.Zero.from_primal_value(out)
+    return out, terms[0] if len(terms) == 1 else lax.add(*terms)
+
+
+def _transpose(cotangent: Any, lhs: Any, rhs: Any, **params: Any) -> list[Any]:
+    # The tangent products are linear in one operand each: dL·R in L, L·dR in R.
+    lhs_linear, rhs_linear = ad.is_undefined_primal(lhs), ad.is_undefined_primal(rhs)
+    if lhs_linear == rhs_linear:
+        raise NotImplementedError(
+            "jaxmm's product is linear in one operand at a time; transposing it with respect to "
+            f"{'both' if lhs_linear else 'neither'} operands is not defined."
+        )
+    linear = lhs if lhs_linear else rhs
+    if type(cotangent) is ad.Zero:
+        zero = ad.Zero(linear.aval.to_tangent_aval())
+        return [zero, None] if lhs_linear else [None, zero]
+    options = (params["dimension_numbers"], params["precision"], params["preferred_element_type"])
+    if lhs_linear:
+        return [lhs_cotangent(cotangent, lhs.aval, rhs, *options), None]
+    return [None, rhs_cotangent(cotangent, lhs, rhs.aval, *options)]
+
+
+ad.primitive_jvps[dot_general_p] = _jvp
+ad.primitive_transposes[dot_general_p] = _transpose
+
+
+def batched_dimension_numbers(
+    dimension_numbers: DotDimensionNumbers,
+    lhs_ndim: int,
+    rhs_ndim: int,
+    lhs_dim: int | None,
+    rhs_dim: int | None,
+) -> tuple[DotDimensionNumbers, int]:
+    """The dimension numbers of the product with a mapped axis at ``lhs_dim`` / ``rhs_dim``
+    (``None``: not mapped) of operands of rank ``lhs_ndim`` / ``rhs_ndim`` (mapped axes
+    included), and the mapped axis' position in the result (module docstring: a mapped axis of
+    one operand is a free axis of it, of both a new batch pair)."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    lhs_contract, lhs_batch = _shift(lhs_contract, lhs_dim), _shift(lhs_batch, lhs_dim)
+    rhs_contract, rhs_batch = _shift(rhs_contract, rhs_dim), _shift(rhs_batch, rhs_dim)
+    lhs_free = free_axes(lhs_ndim, lhs_contract, lhs_batch)
+    if lhs_dim is not None and rhs_dim is not None:
+        # One more batch pair, the last: the product emits it after the others.
+        out_dim = len(lhs_batch)
+        lhs_batch, rhs_batch = (*lhs_batch, lhs_dim), (*rhs_batch, rhs_dim)
+    elif lhs_dim is not None:  # a free axis of L, among L's free axes in increasing order
+        out_dim = len(lhs_batch) + lhs_free.index(lhs_dim)
+    else:
+        assert rhs_dim is not None
+        rhs_free = free_axes(rhs_ndim, rhs_contract, rhs_batch)
+        out_dim = len(lhs_batch) + len(lhs_free) + rhs_free.index(rhs_dim)
+    return ((lhs_contract, rhs_contract), (lhs_batch, rhs_batch)), out_dim
+
+
+def batched_sharding(sharding: Any, out_dim: int, axis_data: Any) -> Any:
+    """The result sharding with the mapped axis inserted at ``out_dim`` (sharded along the
+    vmap's mesh axis, ``spmd_axis_name``, if it has one)."""
+    if sharding is None:
+        return None
+    spec = tuple(sharding.spec)
+    spec += (None,) * (out_dim - len(spec))  # a spec may leave trailing axes out
+    mesh_axis = getattr(axis_data, "explicit_mesh_axis", None)
+    spec = (*spec[:out_dim], mesh_axis, *spec[out_dim:])
+    return sharding.update(spec=jax.sharding.PartitionSpec(*spec))
+
+
+def _shift(axes: Sequence[int], inserted: int | None) -> tuple[int, ...]:
+    """Axis indices after inserting an axis at ``inserted``."""
+    if inserted is None:
+        return tuple(axes)
+    return tuple(axis + (axis >= inserted) for axis in axes)
+
+
+def _batch(
+    axis_data: Any, args: Sequence[jax.Array], dims: Sequence[int | None], **params: Any
+) -> tuple[jax.Array, int | None]:
+    lhs, rhs = args
+    lhs_dim, rhs_dim = dims  # None: not mapped
+    if lhs_dim is None and rhs_dim is None:
+        return dot_general_p.bind(lhs, rhs, **params), None
+    dimension_numbers, out_dim = batched_dimension_numbers(
+        params["dimension_numbers"], lhs.ndim, rhs.ndim, lhs_dim, rhs_dim
+    )
+    params = dict(
+        params,
+        dimension_numbers=dimension_numbers,
+        out_sharding=batched_sharding(params["out_sharding"], out_dim, axis_data),
+    )
+    return dot_general_p.bind(lhs, rhs, **params), out_dim
+
+
+batching.fancy_primitive_batchers[dot_general_p] = _batch

@@ -1,0 +1,155 @@
+"""The backward rules of ``dot_general``, for any dimension numbers: the derivation and the two
+functions every mechanism of jaxmm computes its cotangents with.
+
+The derivation, for any dimension numbers
+-----------------------------------------
+Group the axes of each operand into three kinds: *batch* axes (paired between the operands and kept
+in the output), *contracting* axes (paired and summed over) and *free* axes (all the others, kept in
+the output). With one multi-index for each kind, ``lax.dot_general`` computes
+
+    Y[b, i, j] = Σ_c L[b, i, c] · R[b, c, j]
+
+where ``b`` runs over the batch axes, ``i`` over the lhs free axes, ``j`` over the rhs free axes and
+``c`` over the contracting axes; the output axes come in the order (batch, lhs free, rhs free).
+
+As in the seed derivation for ``Y = W X``, the chain rule gives
+``dL[b, i, c] = Σ_{b', i', j'} dY[b', i', j'] · ∂Y[b', i', j'] / ∂L[b, i, c]``. ``Y[b', i', j']``
+depends on ``L[b, i, c]`` only when ``b' = b`` and ``i' = i`` (it reads row ``i`` of batch ``b``
+only), and then its derivative is ``R[b, c, j']``. Every other term vanishes, leaving
+
+    dL[b, i, c] = Σ_j dY[b, i, j] · R[b, c, j]
+
+which is again a ``dot_general``: of ``dY`` with ``R``, contracting ``dY``'s rhs-free axes with
+``R``'s free axes and pairing the batch axes. It yields the axes in the order (batch, lhs free,
+rhs's remaining = contracting axes); one transpose puts them back in ``L``'s own order. For
+``Y = L R`` with 2-D operands this is ``dL = dY Rᵀ``; the rhs rule is the same rule with the roles
+of the operands swapped, ``dR[b, c, j] = Σ_i dY[b, i, j] · L[b, i, c]`` (``dR = Lᵀ dY``). Nothing is
+conjugated: for complex operands JAX's convention is the plain transpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import numpy as np
+from jax import lax
+
+from . import _tuning
+from ._typing import DotDimensionNumbers
+
+
+def lhs_cotangent(
+    cotangent: jax.Array,
+    lhs_type: Any,
+    rhs: jax.Array,
+    dimension_numbers: DotDimensionNumbers,
+    precision: Any,
+    preferred_element_type: Any,
+    *,
+    rhs_free_first: bool = False,
+) -> jax.Array:
+    """``dL[b, i, c] = Σ_j dY[b, i, j] R[b, c, j]``, in ``L``'s axis order, shape and dtype.
+
+    ``rhs_free_first`` says that the rhs free axes come before the lhs free axes in ``cotangent``:
+    that is how the rhs rule reuses this one, with the operands' roles swapped.
+    """
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    lhs_free = free_axes(lhs_type.ndim, lhs_contract, lhs_batch)
+    rhs_free = free_axes(rhs.ndim, rhs_contract, rhs_batch)
+    num_batch = len(lhs_batch)
+    # Y's axes are (batch, lhs free, rhs free), or (batch, rhs free, lhs free) when swapped.
+    rhs_free_start = num_batch if rhs_free_first else num_batch + len(lhs_free)
+    summed = tuple(range(rhs_free_start, rhs_free_start + len(rhs_free)))  # j, in Y
+    batch = tuple(range(num_batch))  # b, in Y
+    # R's contracting axis rhs_contract[k] is paired with L's axis lhs_contract[k]; a product
+    # yields R's contracting axes in R's order, which are these axes of L:
+    c_axes = tuple(lhs_contract[k] for k in np.argsort(rhs_contract, kind="stable"))
+    dot = partial(
+        lax.dot_general, precision=precision, preferred_element_type=preferred_element_type
+    )
+
+    def dy_first(cotangent: jax.Array, rhs: jax.Array) -> jax.Array:
+        # Σ_j pairs Y's rhs-free axes with R's free axes, b stays paired with R's batch axes; the
+        # product's axes are (b, i, c).
+        product_axes = (*lhs_batch, *lhs_free, *c_axes)
+        product = dot(
+            cotangent,
+            rhs,
+            ((summed, rhs_free), (batch, rhs_batch)),
+            out_sharding=_cotangent_sharding(lhs_type, product_axes),
+        )
+        return _transpose(product, tuple(np.argsort(product_axes, kind="stable")))
+
+    if _tuning.saved_first_pays(cotangent, rhs, summed, lhs_type):
+        # Always traced (the public functions are jitted): resolved when compiled for a platform.
+        saved_first = partial(
+            _tuning.saved_first,
+            dot=dot,
+            summed=summed,
+            rhs_dimension_numbers=(rhs_contract, rhs_batch, rhs_free),
+            product_axes=(*lhs_batch, *c_axes, *lhs_free),
+            sharding=partial(_cotangent_sharding, lhs_type),
+        )
+        lhs_cotangent = lax.platform_dependent(cotangent, rhs, cpu=saved_first, default=dy_first)
+    else:
+        lhs_cotangent = dy_first(cotangent, rhs)
+    return _cast_like(lhs_cotangent, lhs_type)
+
+
+def rhs_cotangent(
+    cotangent: jax.Array,
+    lhs: jax.Array,
+    rhs_type: Any,
+    dimension_numbers: DotDimensionNumbers,
+    precision: Any,
+    preferred_element_type: Any,
+) -> jax.Array:
+    """``dR[b, c, j] = Σ_i dY[b, i, j] L[b, i, c]``, in ``R``'s axis order, shape and dtype: the
+    lhs rule with the operands' roles (and dimension numbers) swapped."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    swapped = ((rhs_contract, lhs_contract), (rhs_batch, lhs_batch))
+    return lhs_cotangent(
+        cotangent,
+        rhs_type,
+        lhs,
+        swapped,
+        precision,
+        preferred_element_type,
+        rhs_free_first=True,
+    )
+
+
+def free_axes(ndim: int, contract: Sequence[int], batch: Sequence[int]) -> tuple[int, ...]:
+    """The axes that are neither contracted nor batched, in increasing order."""
+    return tuple(axis for axis in range(ndim) if axis not in contract and axis not in batch)
+
+
+def _transpose(x: jax.Array, permutation: tuple[int, ...]) -> jax.Array:
+    if permutation == tuple(range(x.ndim)):
+        return x
+    return lax.transpose(x, permutation)
+
+
+def _cotangent_sharding(operand_type: Any, product_axes: tuple[int, ...]) -> Any:
+    """The operand's own sharding, laid out in the order the cotangent product emits its axes, so
+    that each cotangent comes out sharded like its primal (``None`` outside any mesh)."""
+    sharding = operand_type.sharding
+    if sharding.mesh.empty:
+        return None
+    spec = tuple(sharding.spec) + (None,) * (operand_type.ndim - len(sharding.spec))
+    return sharding.update(spec=jax.sharding.PartitionSpec(*(spec[axis] for axis in product_axes)))
+
+
+def _cast_like(cotangent: jax.Array, primal_type: Any) -> jax.Array:
+    """A cotangent has its primal's dtype: the real part for a real operand of a complex product
+    (the imaginary part is not a direction the real operand can move in)."""
+    if jax.numpy.iscomplexobj(cotangent) and not jax.numpy.issubdtype(
+        primal_type.dtype, np.complexfloating
+    ):
+        cotangent = lax.real(cotangent)
+    if cotangent.dtype != primal_type.dtype:
+        cotangent = lax.convert_element_type(cotangent, primal_type.dtype)
+    return cotangent
