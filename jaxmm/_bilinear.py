@@ -101,7 +101,7 @@ def _jvp(primals: Sequence[Any], tangents: Sequence[Any], **params: Any) -> tupl
     if type(rhs_dot) is not ad.Zero:
         terms.append(dot_general_p.bind(lhs, rhs_dot, **params))
     if not terms:
-        return out, ad.Zero.from_primal_value(out)
+        return out, ad.Zero(jax.typeof(out).to_tangent_aval())
     return out, terms[0] if len(terms) == 1 else lax.add(*terms)
 
 

@@ -46,7 +46,7 @@ Step = tuple[tuple[int, ...], Letters]  # (positions of the operands contracted,
 
 
 def einsum(
-    subscripts: str,
+    subscripts: str | ArrayLike,
     /,
     *operands: ArrayLike,
     out: None = None,
@@ -61,8 +61,12 @@ def einsum(
 
     Args:
       subscripts: ``'A,B,...->C'`` (or without ``->C`` for NumPy's implicit output), where each
-        term is a string of index letters, optionally with one ``...`` for broadcast axes.
-      *operands: one array per term, with one axis per index of its term.
+        term is a string of index letters, optionally with one ``...`` for broadcast axes. Or,
+        as in ``jnp.einsum``, the first operand of the operand/sublist form
+        ``einsum(x, [0, 1], y, [1, 2], [0, 2])``: each operand followed by a list of integer
+        labels (and ``Ellipsis``), then optionally the output's list.
+      *operands: one array per term, with one axis per index of its term (in the sublist form,
+        the rest of the operands and lists).
       out: unsupported, as in JAX.
       optimize: the contraction order, as in ``jnp.einsum``: ``'auto'`` (default), ``True``
         (``'optimal'``), ``False`` (left to right), any opt_einsum strategy name (``'greedy'``,
@@ -96,6 +100,8 @@ def einsum(
       Array(12., dtype=float32)
       >>> jaxmm.einsum("ii->", jnp.eye(3))  # a trace: no product needed
       Array(3., dtype=float32)
+      >>> jaxmm.einsum(x, [0, 1], w, [1, 2], [0, 2]).shape  # the sublist form
+      (2, 4)
     """
     return apply_einsum(
         dot_general,
@@ -112,8 +118,8 @@ def einsum(
 
 def apply_einsum(
     dot_general: Callable[..., jax.Array],
-    subscripts: str,
-    operands: tuple[ArrayLike, ...],
+    subscripts: str | ArrayLike,
+    operands: tuple[Any, ...],
     precision: PrecisionLike,
     preferred_element_type: DTypeLike | None,
     out_sharding: Any,
@@ -128,7 +134,10 @@ def apply_einsum(
     if out is not None:
         raise NotImplementedError("The 'out' argument to jaxmm.einsum is not supported.")
     if not isinstance(subscripts, str):
-        raise TypeError(f"einsum subscripts must be a string, got {type(subscripts).__name__}.")
+        # jnp.einsum's operand/sublist form, einsum(x, [0, 1], y, [1, 2], [0, 2]): the same
+        # parser as jnp's (opt_einsum's) turns it into subscripts, with the same errors.
+        subscripts, operands = opt_einsum.parser.convert_interleaved_input((subscripts, *operands))
+    assert isinstance(subscripts, str)
     arrays = tuple(as_array(x, "einsum", i + 1) for i, x in enumerate(operands))
     shapes = tuple(x.shape for x in arrays)
     letters, out_letters = _parse(subscripts, shapes)
