@@ -134,12 +134,13 @@ def linear_cross_entropy(
     Example:
       >>> import jax, jax.numpy as jnp, jaxmm
       >>> x = jnp.ones((4, 3))
-      >>> w = jnp.zeros((3, 5))
-      >>> labels = jnp.array([0, 1, 2, 3])
-      >>> jaxmm.linear_cross_entropy(x, w, labels)  # log 5: all logits equal
-      Array(1.609438, dtype=float32)
-      >>> jax.grad(jaxmm.linear_cross_entropy, argnums=1)(x, w, labels)[0]
-      Array([-0.05, -0.05, -0.05, -0.05,  0.2 ], dtype=float32)
+      >>> w = jnp.zeros((3, 4))
+      >>> labels = jnp.array([0, 0, 1, 1])
+      >>> jaxmm.linear_cross_entropy(x, w, labels)  # log 4: all logits equal
+      Array(1.3862944, dtype=float32)
+      >>> dw = jax.grad(jaxmm.linear_cross_entropy, argnums=1)(x, w, labels)
+      >>> dw[0]  # mean over tokens of softmax − one_hot(label): 1/4 − 1/2, 1/4 − 0
+      Array([-0.25, -0.25,  0.25,  0.25], dtype=float32)
     """
     with jax.named_scope("jaxmm.linear_cross_entropy"):
         x, w, labels, mask = linear_cross_entropy_arrays(x, w, labels, where)
@@ -148,11 +149,20 @@ def linear_cross_entropy(
         )
         options = _Options(*checked, precision=canonicalize_precision(precision))
         token_shape = labels.shape
-        x, w, labels, mask, token_axes, vocab_axes = lay_out(x, w, labels, mask)
-        options = dataclasses.replace(options, token_axes=token_axes, vocab_axes=vocab_axes)
-        x, w = _match_varying_axes(x, w)
-        loss = _linear_cross_entropy(x, w, labels, mask, options)
+        loss = _checked_linear_cross_entropy(x, w, labels, mask, options)
         return loss.reshape(token_shape) if options.reduction == "none" else loss
+
+
+# Compiled as one program when called un-jitted (as jnp's functions are), rather than running the
+# chunk loops op by op; inlined into the caller's program when traced.
+@partial(jax.jit, static_argnums=(4,), inline=True)
+def _checked_linear_cross_entropy(
+    x: jax.Array, w: jax.Array, labels: jax.Array, mask: jax.Array, options: _Options
+) -> jax.Array:
+    x, w, labels, mask, token_axes, vocab_axes = lay_out(x, w, labels, mask)
+    options = dataclasses.replace(options, token_axes=token_axes, vocab_axes=vocab_axes)
+    x, w = _match_varying_axes(x, w)
+    return _linear_cross_entropy(x, w, labels, mask, options)
 
 
 @jax.tree_util.register_static
@@ -309,7 +319,7 @@ def _chunk_logits(
     options: _Options,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Chunk ``k``'s logits ``z`` ``[tokens, chunk]``, which of its columns no earlier chunk
-    counted (``[chunk]``), and where each token's label is among those (``[tokens, chunk]``)."""
+    counted (``[1, chunk]``), and where each token's label is among those (``[tokens, chunk]``)."""
     start = _chunk_start(k, chunk, w.shape[1])
     w_chunk = lax.dynamic_slice_in_dim(w, start, chunk, axis=1)
     z = lax.dot_general(
@@ -321,7 +331,7 @@ def _chunk_logits(
     )
     if options.soft_cap is not None:
         z = options.soft_cap * jnp.tanh(z / options.soft_cap)
-    column = start + lax.iota(np.int32, chunk)
+    column = start + lax.broadcasted_iota(np.int32, (1, chunk), 1)
     fresh = column >= k * chunk
     is_label = fresh & (offset + column == labels[:, None])
     return z, fresh, is_label
@@ -339,7 +349,10 @@ def _varying_zeros(shape: tuple[int, ...], dtype: Any, *like: jax.Array) -> jax.
     if not axes:
         return zeros
     pcast = getattr(lax, "pcast", None)  # lax.pvary before JAX 0.8.2
-    return pcast(zeros, axes, to="varying") if pcast else getattr(lax, "pvary")(zeros, axes)  # noqa: B009
+    varying: jax.Array = (
+        pcast(zeros, axes, to="varying") if pcast else getattr(lax, "pvary")(zeros, axes)  # noqa: B009
+    )
+    return varying
 
 
 def _on_mesh(kernel: Any, options: _Options, w: jax.Array, returns: str) -> Any:
