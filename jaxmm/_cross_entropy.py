@@ -149,7 +149,7 @@ def linear_cross_entropy(
         )
         options = _Options(*checked, precision=canonicalize_precision(precision))
         token_shape = labels.shape
-        loss = _checked_linear_cross_entropy(x, w, labels, mask, options)
+        loss: jax.Array = _checked_linear_cross_entropy(x, w, labels, mask, options)
         return loss.reshape(token_shape) if options.reduction == "none" else loss
 
 
