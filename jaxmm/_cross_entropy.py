@@ -68,7 +68,7 @@ from ._checks import (
     linear_cross_entropy_options,
 )
 from ._dot_general import _match_varying_axes, _varying_axes
-from ._mesh import lay_out, on_mesh
+from ._mesh import lay_out, on_mesh, restore
 from ._typing import ArrayLike, PrecisionLike
 
 # chunk_size=None: about 2^23 logits per chunk (32 MiB in float32), from 128 to V columns.
@@ -148,9 +148,8 @@ def linear_cross_entropy(
             reduction, label_smoothing, z_loss, logit_soft_cap, chunk_size
         )
         options = _Options(*checked, precision=canonicalize_precision(precision))
-        token_shape = labels.shape
         loss: jax.Array = _checked_linear_cross_entropy(x, w, labels, mask, options)
-        return loss.reshape(token_shape) if options.reduction == "none" else loss
+        return loss
 
 
 # Compiled as one program when called un-jitted (as jnp's functions are), rather than running the
@@ -159,10 +158,12 @@ def linear_cross_entropy(
 def _checked_linear_cross_entropy(
     x: jax.Array, w: jax.Array, labels: jax.Array, mask: jax.Array, options: _Options
 ) -> jax.Array:
-    x, w, labels, mask, token_axes, vocab_axes = lay_out(x, w, labels, mask)
+    token_shape = labels.shape
+    x, w, labels, mask, token_axes, vocab_axes, order = lay_out(x, w, labels, mask)
     options = dataclasses.replace(options, token_axes=token_axes, vocab_axes=vocab_axes)
     x, w = _match_varying_axes(x, w)
-    return _linear_cross_entropy(x, w, labels, mask, options)
+    loss = _linear_cross_entropy(x, w, labels, mask, options)
+    return restore(loss, token_shape, order) if options.reduction == "none" else loss
 
 
 @jax.tree_util.register_static

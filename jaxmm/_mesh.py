@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 Axes = tuple[str, ...]
@@ -20,20 +21,38 @@ Axes = tuple[str, ...]
 
 def lay_out(
     x: jax.Array, w: jax.Array, labels: jax.Array, mask: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, Axes, Axes]:
-    """Tokens flattened (``x`` ``[N, d]``, ``labels`` and ``mask`` ``[N]``), and the mesh axes
-    sharding the tokens and the vocabulary. A mesh axis sharding both is kept on the vocabulary;
-    a sharded feature axis ``d`` is gathered (the one gather, and only if the caller shards it)."""
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, Axes, Axes, tuple[int, ...]]:
+    """Tokens flattened (``x`` ``[N, d]``, ``labels`` and ``mask`` ``[N]``), the mesh axes
+    sharding the tokens and the vocabulary, and the order of the token axes in ``N``.
+
+    Token axes sharded over devices come first (a transpose on each device, when it is not the
+    leading one that is sharded), so that each device's tokens stay together when flattened. A
+    mesh axis sharding both the tokens and the vocabulary is kept on the vocabulary; a sharded
+    feature axis ``d`` is gathered (the one gather, and only if the caller shards it).
+    """
+    leading = tuple(range(x.ndim - 1))
+    sharded = [axis for axis in leading if _axes(x, axis)]
+    order = (*sharded, *(axis for axis in leading if axis not in sharded))
+    if order != leading:
+        x = x.transpose(*order, x.ndim - 1)
+        labels, mask = labels.transpose(order), mask.transpose(order)
     x, labels, mask = x.reshape(-1, x.shape[-1]), labels.reshape(-1), mask.reshape(-1)
     token_axes, vocab_axes = _axes(x, 0), _axes(w, 1)
     token_axes = tuple(a for a in token_axes if a not in vocab_axes)
     if not (token_axes or vocab_axes or _axes(x, 1) or _axes(w, 0) or _axes(labels, 0)):
-        return x, w, labels, mask, (), ()
+        return x, w, labels, mask, (), (), order
     tokens = P(token_axes or None)
     x = jax.sharding.reshard(x, P(token_axes or None, None))
     w = jax.sharding.reshard(w, P(None, vocab_axes or None))
     labels, mask = jax.sharding.reshard(labels, tokens), jax.sharding.reshard(mask, tokens)
-    return x, w, labels, mask, token_axes, vocab_axes
+    return x, w, labels, mask, token_axes, vocab_axes, order
+
+
+def restore(losses: jax.Array, token_shape: tuple[int, ...], order: tuple[int, ...]) -> jax.Array:
+    """Per-token losses ``[N]`` back in the tokens' own shape and axis order."""
+    losses = losses.reshape(tuple(token_shape[axis] for axis in order))
+    inverse = tuple(int(i) for i in np.argsort(order))
+    return losses.transpose(inverse) if inverse != tuple(range(len(order))) else losses
 
 
 def _axes(x: jax.Array, axis: int) -> Axes:
