@@ -3,10 +3,12 @@
 For ``Y = W X`` with upstream gradient ``dY``: ``dX = Wᵀ dY`` and ``dW = dY Xᵀ``; generalised to
 ``jnp.matmul`` (vectors, batches, broadcasting), to ``lax.dot_general`` with any dimension numbers,
 to ``einsum`` with any number of operands and to the rest of NumPy's product family, each computed
-by one ``jax.custom_vjp`` function.
+by one ``jax.custom_vjp`` function; and the output layer's product with its softmax cross-entropy,
+``linear_cross_entropy``, differentiated in vocabulary chunks without ever holding the logits.
 """
 
 from . import testing as testing
+from ._cross_entropy import linear_cross_entropy as linear_cross_entropy
 from ._dot_general import dot_general as dot_general
 from ._einsum import einsum as einsum
 from ._matmul import matmul as matmul
@@ -26,6 +28,7 @@ __all__ = [
     "dot_general",
     "einsum",
     "inner",
+    "linear_cross_entropy",
     "matmul",
     "matvec",
     "outer",

@@ -1,4 +1,5 @@
-"""``python -m jaxmm`` (or ``jaxmm``): self-check against JAX's autodiff, then a benchmark."""
+"""``python -m jaxmm`` (or ``jaxmm``): self-check against JAX's autodiff, then a benchmark (the
+products, then ``linear_cross_entropy`` against the naive loss)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 
@@ -193,6 +195,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{o.one_operand_speedup:16.2f}x {o.compile_ratio:8.3f}"
             )
 
+    cross_entropy: dict[str, Any] = {}
+    if not args.no_benchmark:
+        from . import _cross_entropy_benchmark
+
+        start = time.perf_counter()
+        memory, timing, table = _cross_entropy_benchmark.report(quick=args.quick)
+        print(f"\n{table} ({time.perf_counter() - start:.0f} s)")
+        cross_entropy = {
+            "memory": [row.as_dict() for row in memory],
+            "time": timing.as_dict(),
+        }
+
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -212,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ],
                     "benchmark": [r.as_dict() for r in results],
                     "overheads": [o.as_dict() for o in overheads],
+                    "linear_cross_entropy": cross_entropy,
                 },
                 f,
                 indent=2,

@@ -149,3 +149,65 @@ def canonicalize_precision(precision: Any) -> Any:
     if isinstance(precision, list):
         return tuple(precision)
     return precision
+
+
+def linear_cross_entropy_arrays(
+    x: Any, w: Any, labels: Any, where: Any
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``linear_cross_entropy``'s arrays, checked: ``x`` ``(..., d)`` and ``w`` ``(d, V)``
+    floating (in their common dtype), integer ``labels`` and boolean ``where`` of shape
+    ``(...)`` (``where=None``: every token)."""
+    name = "linear_cross_entropy"
+    x, w, labels = as_array(x, name, 0), as_array(w, name, 1), as_array(labels, name, 2)
+    mask = jnp.ones(labels.shape, bool) if where is None else as_array(where, name, 3)
+    for what, array, kind in (
+        ("x", x, np.floating),
+        ("w", w, np.floating),
+        ("labels", labels, np.integer),
+        ("where", mask, np.bool_),
+    ):
+        if not jnp.issubdtype(array.dtype, kind):
+            wanted = {np.floating: "a floating", np.integer: "an integer", np.bool_: "a boolean"}
+            raise TypeError(
+                f"{name} requires {wanted[kind]} dtype for {what}, got {what} of dtype "
+                f"{array.dtype} and shape {array.shape}."
+            )
+    if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[0]:
+        raise ValueError(
+            f"{name} requires x of shape (..., d) and w of shape (d, V), got x of shape "
+            f"{x.shape} and w of shape {w.shape}."
+        )
+    if w.shape[1] == 0:
+        raise ValueError(f"{name} requires a vocabulary of at least one entry, got w {w.shape}.")
+    if labels.shape != x.shape[:-1] or mask.shape != labels.shape:
+        raise ValueError(
+            f"{name} requires labels and where of shape x.shape[:-1] = {x.shape[:-1]}, got x of "
+            f"shape {x.shape}, labels of shape {labels.shape} and where of shape {mask.shape}."
+        )
+    dtype = jnp.result_type(x, w)
+    return x.astype(dtype), w.astype(dtype), labels, mask
+
+
+def linear_cross_entropy_options(
+    reduction: Any, label_smoothing: Any, z_loss: Any, logit_soft_cap: Any, chunk_size: Any
+) -> tuple[str, float, float, float | None, int | None]:
+    """``linear_cross_entropy``'s options, checked, as Python values (static, hashable)."""
+    name = "linear_cross_entropy"
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{name} reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+    label_smoothing, z_loss = float(label_smoothing), float(z_loss)
+    if not 0 <= label_smoothing <= 1:
+        raise ValueError(f"{name} label_smoothing must be in [0, 1], got {label_smoothing}.")
+    if not z_loss >= 0:
+        raise ValueError(f"{name} z_loss must be >= 0, got {z_loss}.")
+    if logit_soft_cap is not None:
+        logit_soft_cap = float(logit_soft_cap)
+        if not logit_soft_cap > 0:
+            raise ValueError(f"{name} logit_soft_cap must be None or > 0, got {logit_soft_cap}.")
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+            raise TypeError(f"{name} chunk_size must be None or an int, got {chunk_size!r}.")
+        chunk_size = int(chunk_size)
+        if chunk_size < 1:
+            raise ValueError(f"{name} chunk_size must be positive, got {chunk_size}.")
+    return reduction, label_smoothing, z_loss, logit_soft_cap, chunk_size

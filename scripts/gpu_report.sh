@@ -3,7 +3,8 @@
 #   bash scripts/gpu_report.sh [OUTPUT_FOLDER]
 # installs jaxmm without dependencies, runs the GPU-relevant tests (the cross-checks against JAX's
 # autodiff, transformations, compiled structure, Flax), runs `python -m jaxmm` in float32 and
-# bfloat16, and writes the tables of docs/performance.md's GPU section to OUTPUT_FOLDER/table.md.
+# bfloat16, and writes the tables of docs/performance.md's GPU section (and of
+# docs/linear_cross_entropy.md, from the float32 run) to OUTPUT_FOLDER/table.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu-report}
@@ -17,7 +18,7 @@ python -c "import jax; print('JAX', jax.__version__, jax.devices())" | tee "$out
 # tests need packages a bare GPU image may lack, and say nothing device-specific.
 tests=(tests/test_matmul.py tests/test_dot_general.py tests/test_einsum.py
        tests/test_transforms.py tests/test_structure.py tests/test_residual_dtype.py
-       tests/test_flax.py)
+       tests/test_flax.py tests/test_linear_cross_entropy.py)
 for optional in tests/test_products.py tests/test_experimental.py; do
     [ -f "$optional" ] && tests+=("$optional")
 done

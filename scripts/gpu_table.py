@@ -1,5 +1,6 @@
 """Markdown tables from ``python -m jaxmm --json`` results: per case the jaxmm / jnp step ratio,
-the achieved TFLOP/s and its fraction of the device's peak, and jaxmm / torch.
+the achieved TFLOP/s and its fraction of the device's peak, and jaxmm / torch; then
+``linear_cross_entropy``'s compiled temporaries and step time against the naive loss.
 
 Usage: ``python scripts/gpu_table.py RESULTS.json [...] [--peak-tflops N]``. The peak defaults to
 the dense bf16 tensor-core peak of the known devices below (the same figure is used for float32,
@@ -46,6 +47,34 @@ def table(results: dict, peak: float | None) -> str:
     return "\n".join(lines)
 
 
+def cross_entropy_table(results: dict) -> str:
+    """The linear cross-entropy section: compiled temporaries (MiB) and step time per loss."""
+    section = results.get("linear_cross_entropy")
+    if not section:
+        return ""
+    names = list(section["memory"][0]["temp_bytes"])
+    mib = 2**20
+    lines = [
+        f"linear cross-entropy on {results['device']}, JAX {results['jax']}: compiled temporaries",
+        "",
+        "| tokens × d × V | logits MiB | " + " | ".join(f"{n} MiB" for n in names) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in names) + " |",
+    ]
+    for r in section["memory"]:
+        lines.append(
+            f"| {r['tokens']} × {r['d']} × {r['vocab']} | {r['logits_bytes'] / mib:.0f} | "
+            + " | ".join(f"{r['temp_bytes'][n] / mib:.1f}" for n in names)
+            + " |"
+        )
+    t = section["time"]
+    lines += [
+        "",
+        f"step time at {t['tokens']} × {t['d']} × {t['vocab']}: "
+        + ", ".join(f"{n} {t['ms'][n]:.2f} ms ({t['ratio'][n]:.2f}x naive)" for n in t["ms"]),
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", type=Path)
@@ -55,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         results = json.loads(path.read_text())
         print(table(results, _peak(results["device"], args.peak_tflops)))
         print()
+        if results.get("benchmark", [{}])[0].get("dtype") == "float32":  # measured in float32
+            print(cross_entropy_table(results))
+            print()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxmm import __main__ as cli
-from jaxmm import _benchmark, _selfcheck
+from jaxmm import _benchmark, _cross_entropy_benchmark, _selfcheck
 
 ALL_CASES = _selfcheck.cases
 
@@ -20,8 +20,15 @@ def _few_cases():
     return [c for c in ALL_CASES() if c.dtype == "float32"][:3]
 
 
+def _tiny_cross_entropy(monkeypatch):
+    """The linear cross-entropy section at sizes that take a second."""
+    monkeypatch.setattr(_cross_entropy_benchmark, "QUICK_MEMORY_SIZES", ((256, 32, 2048),))
+    monkeypatch.setattr(_cross_entropy_benchmark, "QUICK_TIME_SIZE", (64, 16, 512))
+
+
 def test_main_job_runs_and_writes_json(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(_selfcheck, "cases", _few_cases)
+    _tiny_cross_entropy(monkeypatch)
     out = tmp_path / "results.json"
     assert cli.main(["--sizes", "32,64", "--quick", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -39,6 +46,13 @@ def test_main_job_runs_and_writes_json(tmp_path, monkeypatch, capsys):
         for key in ("experimental_ms", "experimental_ratio", "jvp_ms", "jvp_ratio"):
             assert (r[key] is not None and r[key] > 0) == experimental
     assert [o["size"] for o in results["overheads"]] == [16, 64, 256]
+    # The linear cross-entropy section: compiled temporaries and step times, jaxmm and naive.
+    assert "linear cross-entropy" in printed
+    (memory,) = results["linear_cross_entropy"]["memory"]
+    assert (memory["tokens"], memory["d"], memory["vocab"]) == (256, 32, 2048)
+    assert memory["temp_bytes"]["jaxmm"] < memory["temp_bytes"]["naive"]
+    timing = results["linear_cross_entropy"]["time"]
+    assert timing["ms"]["jaxmm"] > 0 and timing["ratio"]["naive"] == 1.0
     for o in results["overheads"]:
         assert o["eager_ratio"] > 0 and o["compile_ratio"] > 0 and o["one_operand_speedup"] > 0
 
@@ -57,6 +71,7 @@ def test_self_check_fails_on_a_wrong_matmul(monkeypatch, capsys):
 
 def test_plot(tmp_path, monkeypatch):
     monkeypatch.setattr(_selfcheck, "cases", _few_cases)
+    _tiny_cross_entropy(monkeypatch)
     png = tmp_path / "chart.png"
     assert cli.main(["--sizes", "32", "--quick", "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

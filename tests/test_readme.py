@@ -4,7 +4,7 @@ import pytest
 from readme_blocks import python_blocks
 
 
-@pytest.mark.parametrize("section", ["Usage", "Use in Flax"])
+@pytest.mark.parametrize("section", ["Usage", "Use in Flax", "Linear cross-entropy"])
 def test_readme_section_runs(section):
     blocks = python_blocks(section)
     assert blocks

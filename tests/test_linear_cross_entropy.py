@@ -1,0 +1,357 @@
+"""linear_cross_entropy against the naive formulation (the logits ``x @ w`` materialised, optax's
+loss, JAX's autodiff): values and VJPs for every option, errors, transformations, memory."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from reference import assert_close, saved_arrays, x64_context
+
+import jaxmm
+from jaxmm.testing import check_vjp
+
+D, V = 16, 300  # V is not a multiple of the chunk (128): the last chunk overlaps the one before
+
+
+def naive(
+    x,
+    w,
+    labels,
+    *,
+    where=None,
+    reduction="mean",
+    label_smoothing=0.0,
+    z_loss=0.0,
+    logit_soft_cap=None,
+    precision=None,
+    chunk_size=None,
+):
+    """The loss written the obvious way, with the whole ``[..., V]`` logits."""
+    del chunk_size
+    accumulation = jnp.promote_types(x.dtype, jnp.float32)
+    z = jnp.matmul(x, w, precision=precision, preferred_element_type=accumulation)
+    if logit_soft_cap is not None:
+        z = logit_soft_cap * jnp.tanh(z / logit_soft_cap)
+    vocab = w.shape[1]
+    mask = jnp.ones(labels.shape, bool) if where is None else where
+    valid = (labels >= 0) & (labels < vocab)
+    targets = jax.nn.one_hot(jnp.where(valid, labels, 0), vocab, dtype=z.dtype)
+    losses = optax.softmax_cross_entropy(z, optax.smooth_labels(targets, label_smoothing))
+    losses = losses + z_loss * jax.nn.logsumexp(z, axis=-1) ** 2
+    # A kept token with an out-of-range label: NaN, and NaN through its logits' gradient.
+    losses = losses + jnp.where(valid | ~mask, 0.0, jnp.nan) * jnp.sum(z, axis=-1)
+    losses = jnp.where(mask, losses, 0.0)
+    if reduction == "none":
+        return losses
+    if reduction == "sum":
+        return jnp.sum(losses)
+    return jnp.mean(losses, where=mask)
+
+
+def _data(rng, tokens=(3, 5), dtype=jnp.float32, vocab=V, masked=False):
+    x = jnp.asarray(rng.standard_normal((*tokens, D)), dtype)
+    w = jnp.asarray(rng.standard_normal((D, vocab)) / 2, dtype)  # logits of std 2: caps matter
+    labels = jnp.asarray(rng.integers(0, vocab, tokens), jnp.int32)
+    where = jnp.asarray(rng.random(tokens) < 0.6) if masked else None
+    return x, w, labels, where
+
+
+def _check(rng, options, dtype=jnp.float32, tokens=(3, 5), vocab=V, masked=False, **tolerance):
+    """check_vjp (random cotangent, jitted) of jaxmm against the naive loss, x and w
+    differentiated, labels and mask fixed."""
+    x, w, labels, where = _data(rng, tokens, dtype, vocab, masked)
+
+    def ours(x, w):
+        return jaxmm.linear_cross_entropy(x, w, labels, where=where, **options)
+
+    def theirs(x, w):
+        return naive(x, w, labels, where=where, **options)
+
+    check_vjp(ours, theirs, x, w, modes=("jit",), **tolerance)
+
+
+OPTIONS = {
+    "plain": {},
+    "smoothing": {"label_smoothing": 0.1},
+    "z_loss": {"z_loss": 0.01},
+    "soft_cap": {"logit_soft_cap": 2.0},
+    "all": {"label_smoothing": 0.2, "z_loss": 0.05, "logit_soft_cap": 3.0},
+    "highest": {"precision": jax.lax.Precision.HIGHEST, "label_smoothing": 1.0},
+}
+REDUCTIONS = ["mean", "sum", "none"]
+
+# The options change each token's loss and its dU; the reduction and the mask change only each
+# token's cotangent g[n]. So every option is checked per token ("none", a random cotangent per
+# token, some tokens dropped), and every reduction with and without a mask for all options at once.
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_every_option_matches_the_naive_loss(option, rng):
+    _check(rng, dict(OPTIONS[option], reduction="none", chunk_size=64), masked=True)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_every_reduction_with_and_without_where(reduction, rng):
+    x, w, labels, where = _data(rng, masked=True)
+    options = dict(OPTIONS["all"], reduction=reduction)
+    check_vjp(
+        lambda x, w: [
+            jaxmm.linear_cross_entropy(x, w, labels, where=m, chunk_size=64, **options)
+            for m in (None, where)
+        ],
+        lambda x, w: [naive(x, w, labels, where=m, **options) for m in (None, where)],
+        x,
+        w,
+        modes=("jit",),
+    )
+
+
+def test_any_chunk_size_gives_the_same_loss(rng):
+    x, w, labels, where = _data(rng, masked=True)
+    options = dict(OPTIONS["all"], reduction="none", where=where)
+    chunk_sizes = [1, 7, 64, 299, 1000, None]  # 1000 and None: one chunk of 300
+    check_vjp(
+        lambda x, w: [
+            jaxmm.linear_cross_entropy(x, w, labels, chunk_size=c, **options) for c in chunk_sizes
+        ],
+        lambda x, w: [naive(x, w, labels, **options)] * len(chunk_sizes),
+        x,
+        w,
+        modes=("jit",),
+    )
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_inputs(dtype, rng):
+    # The loss is float32, the gradients come in the inputs' dtype, within its rounding.
+    _check(rng, dict(OPTIONS["all"], reduction="none", chunk_size=64), dtype=dtype, masked=True)
+
+
+def test_float64_inputs_accumulate_in_float64(rng):
+    with x64_context(jnp.float64):
+        _check(rng, dict(OPTIONS["all"], reduction="none", chunk_size=64), dtype=jnp.float64)
+
+
+def test_mixed_dtypes_promote_and_cast_back(rng):
+    x, w, labels, _ = _data(rng)
+    x = x.astype(jnp.bfloat16)
+    check_vjp(
+        lambda x, w: jaxmm.linear_cross_entropy(x, w, labels, reduction="none"),
+        lambda x, w: naive(x.astype(w.dtype), w, labels, reduction="none"),
+        x,
+        w,
+        modes=("jit",),
+    )
+
+
+def test_every_token_masked(rng):
+    x, w, labels, _ = _data(rng)
+    nothing = jnp.zeros(labels.shape, bool)
+    step = jax.jit(
+        jax.value_and_grad(jaxmm.linear_cross_entropy, argnums=(0, 1)), static_argnames="reduction"
+    )
+    for reduction, expected in (("mean", np.nan), ("sum", 0.0)):
+        loss, grads = step(x, w, labels, where=nothing, reduction=reduction)
+        np.testing.assert_equal(np.asarray(loss), expected)  # 0/0 for the mean, as jnp.mean's
+        for grad in grads:  # nothing reaches the loss: zero, never NaN
+            np.testing.assert_array_equal(grad, jnp.zeros_like(grad))
+
+
+def test_a_single_token_and_small_vocabularies(rng):
+    # One token (x of shape (d,) and (1, 1, d)); V = 1; V = 50, fewer than a chunk.
+    cases = [(_data(rng, ())[:3], "mean"), (_data(rng, (1, 1))[:3], "none")]
+    cases += [(_data(rng, (6,), vocab=1)[:3], "none"), (_data(rng, (6,), vocab=50)[:3], "sum")]
+    arrays = [(x, w) for (x, w, _), _ in cases]
+
+    def losses(loss):
+        def all_cases(arrays):
+            return [
+                loss(x, w, labels, reduction=reduction, chunk_size=64)
+                for (x, w), ((_, _, labels), reduction) in zip(arrays, cases)
+            ]
+
+        return all_cases
+
+    check_vjp(losses(jaxmm.linear_cross_entropy), losses(naive), arrays, modes=("jit",))
+
+
+def test_out_of_range_labels_give_nan_never_a_number(rng):
+    x, w, _, _ = _data(rng, tokens=(5,))
+    labels = jnp.array([3, -1, V, -100, 7])
+    where = jnp.array([True, True, True, False, True])  # -100 is padding, dropped
+
+    def ours(x, w):
+        return [
+            jaxmm.linear_cross_entropy(x, w, labels, where=where, reduction=r) for r in REDUCTIONS
+        ]
+
+    mean, total, losses = jax.jit(ours)(x, w)
+    losses = np.asarray(losses)
+    assert np.isfinite(losses[[0, 4]]).all() and np.isnan(losses[[1, 2]]).all()
+    assert losses[3] == 0
+    assert np.isnan(mean) and np.isnan(total)
+    # NaN gradients too, for the rows of x of those tokens (and so all of w's gradient).
+    check_vjp(
+        ours,
+        lambda x, w: [naive(x, w, labels, where=where, reduction=r) for r in REDUCTIONS],
+        x,
+        w,
+        modes=("jit",),
+    )
+    dx = np.asarray(jax.jit(jax.grad(lambda x: ours(x, w)[0]))(x))
+    assert np.isnan(dx[[1, 2]]).all() and np.isfinite(dx[[0, 3, 4]]).all()
+
+
+ERRORS = [
+    (dict(x=np.ones((4, 3), np.int32)), TypeError, "floating dtype for x, got x of dtype int32"),
+    (dict(w=np.ones((3, 5), bool)), TypeError, "floating dtype for w"),
+    (dict(labels=np.zeros(4, np.float32)), TypeError, "integer dtype for labels"),
+    (dict(where=np.ones(4, np.int32)), TypeError, "boolean dtype for where"),
+    (dict(x=[[1.0, 2.0, 3.0]]), TypeError, "requires array or scalar arguments, got list"),
+    (
+        dict(w=np.ones((4, 5), np.float32)),
+        ValueError,
+        "got x of shape (4, 3) and w of shape (4, 5)",
+    ),
+    (dict(w=np.ones((3, 5, 1), np.float32)), ValueError, "w of shape (d, V)"),
+    (dict(w=np.ones((3, 0), np.float32)), ValueError, "at least one entry"),
+    (dict(labels=np.zeros((4, 1), np.int32)), ValueError, "labels of shape (4, 1)"),
+    (dict(where=np.ones(3, bool)), ValueError, "where of shape (3,)"),
+    (dict(reduction="max"), ValueError, "reduction must be 'mean', 'sum' or 'none', got 'max'"),
+    (dict(label_smoothing=1.5), ValueError, "label_smoothing must be in [0, 1], got 1.5"),
+    (dict(z_loss=-1.0), ValueError, "z_loss must be >= 0"),
+    (dict(logit_soft_cap=0.0), ValueError, "logit_soft_cap must be None or > 0"),
+    (dict(chunk_size=0), ValueError, "chunk_size must be positive"),
+    (dict(chunk_size=2.5), TypeError, "chunk_size must be None or an int"),
+]
+
+
+@pytest.mark.parametrize("arguments, error, message", ERRORS, ids=[e[2][:40] for e in ERRORS])
+def test_errors_name_the_offending_argument(arguments, error, message):
+    arguments = dict(
+        dict(x=np.ones((4, 3), np.float32), w=np.ones((3, 5), np.float32), labels=np.zeros(4, int)),
+        **arguments,
+    )
+    x, w, labels = (arguments.pop(k) for k in ("x", "w", "labels"))
+    with pytest.raises(error, match=None) as raised:
+        jaxmm.linear_cross_entropy(x, w, labels, **arguments)
+    assert message in str(raised.value)
+
+
+def test_checks_run_before_any_work():
+    # Under jit the errors come at trace time, from shapes alone.
+    def bad(x, w, labels):
+        return jaxmm.linear_cross_entropy(x, w, labels)
+
+    with pytest.raises(ValueError, match="labels and where of shape"):
+        jax.eval_shape(bad, jnp.ones((4, 3)), jnp.ones((3, 5)), jnp.zeros(5, int))
+
+
+def test_forward_mode_is_refused_clearly(rng):
+    x, w, labels, _ = _data(rng)
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+        jax.jvp(lambda x: jaxmm.linear_cross_entropy(x, w, labels), (x,), (x,))
+
+
+def test_transformations(rng):
+    x, w, labels, where = _data(rng, masked=True)
+    options = dict(OPTIONS["all"], chunk_size=64)
+
+    def ours(x, w, labels):
+        return jaxmm.linear_cross_entropy(x, w, labels, **options)
+
+    def theirs(x, w, labels):
+        return naive(x, w, labels, **options)
+
+    for transform in (
+        lambda f: jax.jit(jax.value_and_grad(jax.checkpoint(f), argnums=(0, 1))),
+        # Per-sequence losses of a batch: vmap over x's and labels' leading axis.
+        lambda f: jax.jit(jax.vmap(jax.value_and_grad(f, argnums=(0, 1)), (0, None, 0))),
+    ):
+        jax.tree.map(assert_close, transform(ours)(x, w, labels), transform(theirs)(x, w, labels))
+
+    # lax.scan over microbatches, accumulating the loss: one chunked loop per step.
+    def scanned(loss):
+        def total(w):
+            def step(carry, batch):
+                return carry + loss(batch[0], w, batch[1]), None
+
+            return jax.lax.scan(step, jnp.zeros((), jnp.float32), (x, labels))[0]
+
+        return jax.jit(jax.value_and_grad(total))(w)
+
+    jax.tree.map(assert_close, scanned(ours), scanned(theirs))
+
+
+def test_the_backward_pass_keeps_no_logits(rng):
+    x, w, labels, where = _data(rng, tokens=(64,), vocab=1000)
+    _, vjp = jax.vjp(lambda x, w: jaxmm.linear_cross_entropy(x, w, labels, where=where), x, w)
+    saved = saved_arrays(vjp)
+    # x, w, labels, mask and one log-sum-exp per token; nothing of [tokens, V].
+    assert sorted(a.shape for a in saved) == sorted([(64, D), (D, 1000), (64,), (64,), (64,)])
+
+
+def _temp_bytes(loss, tokens, d, vocab, **options):
+    args = (
+        jax.ShapeDtypeStruct((tokens, d), jnp.float32),
+        jax.ShapeDtypeStruct((d, vocab), jnp.float32),
+        jax.ShapeDtypeStruct((tokens,), jnp.int32),
+    )
+    step = jax.jit(jax.value_and_grad(lambda x, w, l: loss(x, w, l, **options), argnums=(0, 1)))
+    return step.lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_compiled_temporaries_grow_with_the_chunk_not_the_logits():
+    # Compiled only (nothing runs): the jitted loss and both gradients.
+    tokens, d = 2048, 128
+    logits = {v: 4 * tokens * v for v in (8192, 32768)}
+    ours = {
+        v: _temp_bytes(jaxmm.linear_cross_entropy, tokens, d, v, chunk_size=512) for v in logits
+    }
+    theirs = {v: _temp_bytes(naive, tokens, d, v) for v in logits}
+    for v, logit_bytes in logits.items():
+        assert theirs[v] >= logit_bytes  # autodiff keeps the logits (and their gradient)
+        assert ours[v] <= 0.2 * logit_bytes
+    assert ours[32768] == ours[8192]  # four times the vocabulary, the same temporaries
+    chunk_bytes = 4 * tokens * 512
+    assert ours[32768] <= 8 * chunk_bytes + 4 * tokens * d
+    bigger_chunk = _temp_bytes(jaxmm.linear_cross_entropy, tokens, d, 32768, chunk_size=2048)
+    assert ours[32768] < bigger_chunk <= 0.2 * logits[32768]
+
+
+class _LanguageModel(nnx.Module):
+    def __init__(self, vocab, width, rngs):
+        self.embed = nnx.Embed(vocab, width, rngs=rngs)
+        self.mix = nnx.Linear(width, width, rngs=rngs)
+        self.head = nnx.Linear(width, vocab, use_bias=False, rngs=rngs)
+
+    def hidden(self, tokens):
+        return jnp.tanh(self.mix(self.embed(tokens)))
+
+
+def test_flax_nnx_language_model_head_and_tied_embeddings(rng):
+    model = _LanguageModel(V, D, nnx.Rngs(0))
+    tokens = jnp.asarray(rng.integers(0, V, (2, 9)))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+
+    def loss_and_grads(loss):
+        @nnx.jit
+        @nnx.value_and_grad
+        def both(model):
+            hidden = model.hidden(inputs)
+            head = loss(hidden, model.head.kernel[...], targets)
+            # Tied embeddings: the output weight is the embedding table, transposed.
+            tied = loss(hidden, model.embed.embedding[...].T, targets, reduction="sum")
+            return head + tied
+
+        return both(model)
+
+    (loss, grads), (ref_loss, ref_grads) = (
+        loss_and_grads(jaxmm.linear_cross_entropy),
+        (loss_and_grads(naive)),
+    )
+    assert_close(loss, ref_loss)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        assert_close(a, b)
