@@ -110,7 +110,7 @@ def dot_general(
              [196608., 196608., 196608., 196608.]], dtype=float32)
     """
     return apply_dot_general(
-        _product,
+        product,
         lhs,
         rhs,
         dimension_numbers,
@@ -146,7 +146,7 @@ def apply_dot_general(
         canonicalize_precision(precision),
         canonicalize_preferred_element_type(preferred_element_type),
         out_sharding,
-        canonicalize_residual(residual),
+        residual,
         product,
     )
     return result
@@ -194,7 +194,7 @@ def _match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.
     return lhs, rhs
 
 
-def _product(
+def product(
     lhs: jax.Array,
     rhs: jax.Array,
     dimension_numbers: DotDimensionNumbers,
@@ -250,7 +250,7 @@ def _wanted(primal: Any) -> bool:
     return bool(primal.perturbed and jax.numpy.issubdtype(primal.value.dtype, np.inexact))
 
 
-def _not_saved(operand: jax.Array, residual: ResidualFormat | None) -> Any:
+def _not_saved(operand: jax.Array, residual: ResidualFormat | None, side: str) -> Any:
     """What stands in the residuals for an operand nobody needs: empty arrays, in the tree
     structure ``save_operand`` gives that operand, the first of rank one more than the operand's,
     which tells it apart from the operand itself.
@@ -262,7 +262,11 @@ def _not_saved(operand: jax.Array, residual: ResidualFormat | None) -> Any:
     structure.
     """
     marker = jax.numpy.zeros((0,) * (operand.ndim + 1), bool)
-    return (marker, jax.numpy.zeros((0,), bool)) if is_scaled(operand.dtype, residual) else marker
+    return (
+        (marker, jax.numpy.zeros((0,), bool))
+        if is_scaled(operand.dtype, None if residual is None else residual.of(side))
+        else marker
+    )
 
 
 def _is_saved(saved: Any, operand_type: Any) -> bool:
@@ -299,11 +303,11 @@ def _dot_general_fwd(
     if _wanted(rhs_primal):
         saved_lhs = save_operand(lhs, residual, (*lhs_batch, *lhs_contract), "lhs")
     else:
-        saved_lhs = _not_saved(lhs, residual)
+        saved_lhs = _not_saved(lhs, residual, "lhs")
     if _wanted(lhs_primal):
         saved_rhs = save_operand(rhs, residual, (*rhs_batch, *rhs_contract), "rhs")
     else:
-        saved_rhs = _not_saved(rhs, residual)
+        saved_rhs = _not_saved(rhs, residual, "rhs")
     return out, (saved_lhs, saved_rhs, types)
 
 

@@ -35,7 +35,7 @@ from ._checks import (
     canonicalize_precision,
     canonicalize_preferred_element_type,
 )
-from ._dot_general import dot_general
+from ._dot_general import apply_dot_general, product
 from ._residuals import ResidualFormat, canonicalize_residual
 from ._typing import ArrayLike, DTypeLike, PrecisionLike
 
@@ -104,13 +104,13 @@ def einsum(
       (2, 4)
     """
     return apply_einsum(
-        dot_general,
+        product,
         subscripts,
         operands,
         precision,
         preferred_element_type,
         out_sharding,
-        canonicalize_residual(residual_dtype, residual_scaling),
+        canonicalize_residual(residual_dtype, residual_scaling, num_operands(subscripts, operands)),
         optimize=optimize,
         out=out,
     )
@@ -151,10 +151,15 @@ def apply_einsum(
         canonicalize_precision(precision),
         canonicalize_preferred_element_type(preferred_element_type),
         out_sharding,
-        canonicalize_residual(residual),
+        residual,
         dot_general,
     )
     return result
+
+
+def num_operands(subscripts: Any, operands: tuple[Any, ...]) -> int:
+    """How many arrays an einsum call names: in the sublist form every other argument."""
+    return len(operands) if isinstance(subscripts, str) else (len(operands) + 1) // 2
 
 
 # One compiled program when called un-jitted, inlined when traced (see ``_matmul``).
@@ -177,17 +182,26 @@ def _einsum(
     else:
         result_dtype = preferred_element_type
     terms = list(zip(arrays, letters))
+    # What each term is saved in when it is an operand of a product: the caller's operands as
+    # residual_dtype says, the intermediate results as ResidualFormat.intermediate says.
+    narrow: list[Any] = list(residual.dtypes) if residual else [None] * len(arrays)
+    intermediate = residual.intermediate() if residual else None
     for number, (positions, kept) in enumerate(steps):
         last = number == len(steps) - 1
         wanted = out_letters if last else kept
         if len(positions) == 1:
             x, x_letters = terms.pop(positions[0])
+            narrow.pop(positions[0])
             terms.append(_reduce(x, x_letters, kept, result_dtype))
+            narrow.append(intermediate)
         else:
             # The earlier operand is the lhs: for two operands, dot_general(a, b) as written.
             (a, a_letters), (b, b_letters) = (terms[i] for i in sorted(positions))
+            a_narrow, b_narrow = (narrow[i] for i in sorted(positions))
             for i in sorted(positions, reverse=True):
                 terms.pop(i)
+                narrow.pop(i)
+            narrow.append(intermediate)
             terms.append(
                 _contract(
                     a,
@@ -199,7 +213,7 @@ def _einsum(
                     preferred_element_type,
                     precision,
                     out_sharding if last else None,
-                    residual,
+                    residual and residual.pair(a_narrow, b_narrow),
                     dot_general,
                 )
             )
@@ -244,20 +258,22 @@ def _contract(
     # already be in the wanted order, and no transpose is needed (as jnp.einsum tries).
     if [*batch, *a_free, *b_free] != list(wanted) == [*batch, *b_free, *a_free]:
         a, a_letters, b, b_letters, a_free, b_free = b, b_letters, a, a_letters, b_free, a_free
+        residual = residual and residual.pair(*reversed(residual.dtypes))
     dimension_numbers = (
         (tuple(a_letters.index(c) for c in contract), tuple(b_letters.index(c) for c in contract)),
         (tuple(a_letters.index(c) for c in batch), tuple(b_letters.index(c) for c in batch)),
     )
     plain = preferred_element_type is None and a.dtype == b.dtype == result_dtype
     product_letters = (*batch, *a_free, *b_free)
-    product = dot_general(
+    product = apply_dot_general(
+        dot_general,
         a,
         b,
         dimension_numbers,
         precision,
         None if plain else result_dtype,  # None keeps a weakly-typed result weak
-        out_sharding=_permuted_sharding(out_sharding, product_letters, wanted),
-        residual_dtype=residual,
+        _permuted_sharding(out_sharding, product_letters, wanted),
+        residual,
     )
     return product, product_letters
 

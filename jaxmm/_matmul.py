@@ -45,7 +45,8 @@ from ._checks import (
     canonicalize_preferred_element_type,
     result_and_dot_dtypes,
 )
-from ._dot_general import dot_general
+from ._dot_general import apply_dot_general
+from ._dot_general import product as default_product
 from ._residuals import ResidualFormat, canonicalize_residual
 from ._typing import ArrayLike, DTypeLike, PrecisionLike
 
@@ -98,7 +99,7 @@ def matmul(
              [6., 6.]], dtype=float32)
     """
     return apply_matmul(
-        dot_general,
+        default_product,
         a,
         b,
         precision,
@@ -125,7 +126,7 @@ def apply_matmul(
         canonicalize_precision(precision),
         canonicalize_preferred_element_type(preferred_element_type),
         out_sharding,
-        canonicalize_residual(residual),
+        residual,
         dot_general,
     )
     return product
@@ -214,14 +215,15 @@ def _matmul(
 
     a = lax.squeeze(a, a_squeeze) if a_squeeze else a
     b = lax.squeeze(b, b_squeeze) if b_squeeze else b
-    product = dot_general(
+    product = apply_dot_general(
+        dot_general,
         a,
         b,
         (((a.ndim - 1,), (b.ndim - 1 - b_is_matrix,)), (tuple(a_batch), tuple(b_batch))),
-        precision=precision,
-        preferred_element_type=dot_dtype,
-        out_sharding=out_sharding,
-        residual_dtype=residual,
+        precision,
+        dot_dtype,
+        out_sharding,
+        residual,
     )
     # dot_general emits (batch, a free, b free); put each axis at its broadcast position.
     permutation = tuple(int(p) for p in np.argsort(out_batch + out_a_free + out_b_free))

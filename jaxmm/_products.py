@@ -30,7 +30,7 @@ from ._checks import (
     canonicalize_preferred_element_type,
     result_and_dot_dtypes,
 )
-from ._dot_general import dot_general
+from ._dot_general import apply_dot_general, product
 from ._matmul import apply_matmul
 from ._residuals import ResidualFormat, canonicalize_residual
 from ._typing import ArrayLike, DTypeLike, PrecisionLike
@@ -332,7 +332,7 @@ def matvec(
     x1, x2 = as_array(x1, "matvec", 0), as_array(x2, "matvec", 1)
     _check_vectorized("matvec", x1, x2, 2, 1, -1)
     y = apply_matmul(
-        dot_general,
+        product,
         x1,
         lax.expand_dims(x2, (x2.ndim,)),  # (..., n, 1): a batch of columns
         None,
@@ -372,7 +372,7 @@ def vecmat(
     x1, x2 = as_array(x1, "vecmat", 0), as_array(x2, "vecmat", 1)
     _check_vectorized("vecmat", x1, x2, 1, 2, -2)
     y = apply_matmul(
-        dot_general,
+        product,
         lax.expand_dims(_conj(x1), (x1.ndim - 1,)),  # (..., 1, n): a batch of rows
         x2,
         None,
@@ -425,7 +425,7 @@ def vecdot(
     # (..., 1, n) @ (..., n, 1): each pair of vectors is a 1x1 matrix product, the leading axes
     # broadcast by matmul's plan.
     y = apply_matmul(
-        dot_general,
+        product,
         lax.expand_dims(x1, (x1.ndim - 1,)),
         lax.expand_dims(x2, (x2.ndim,)),
         precision,
@@ -479,15 +479,7 @@ def _jitted_product(
 ) -> jax.Array:
     result_dtype: Any
     result_dtype, dot_dtype = result_and_dot_dtypes(a, b, preferred_element_type)
-    y = dot_general(
-        a,
-        b,
-        dimension_numbers,
-        precision,
-        dot_dtype,
-        out_sharding=out_sharding,
-        residual_dtype=res,
-    )
+    y = apply_dot_general(product, a, b, dimension_numbers, precision, dot_dtype, out_sharding, res)
     return y if y.dtype == result_dtype else lax.convert_element_type(y, result_dtype)
 
 

@@ -108,49 +108,84 @@ class ResidualFormat(NamedTuple):
     """How operands are saved for the backward pass: the canonical, hashable (static) form of the
     public ``residual_dtype`` and ``residual_scaling`` options."""
 
-    dtype: np.dtype
+    dtypes: tuple[np.dtype | None, ...]  # per operand: the dtype it is saved in, or None (as is)
     scaling: str  # one of SCALINGS
 
+    def of(self, side: str) -> np.dtype | None:
+        """The dtype the ``"lhs"`` or ``"rhs"`` operand of a product is saved in."""
+        return self.dtypes[0 if side == "lhs" else 1]
 
-def canonicalize_residual(dtype: Any, scaling: str = "tensor") -> ResidualFormat | None:
+    def pair(self, lhs: np.dtype | None, rhs: np.dtype | None) -> ResidualFormat | None:
+        """The format of one product of two of the operands (``None``: both saved as they are)."""
+        return None if lhs is None and rhs is None else ResidualFormat((lhs, rhs), self.scaling)
+
+    def intermediate(self) -> np.dtype | None:
+        """What an intermediate result of several products is saved in: the residual dtype when
+        one dtype was given for all operands, else as it is (it is no operand of the caller's)."""
+        first, *rest = self.dtypes
+        return first if all(d == first for d in rest) else None
+
+
+def canonicalize_residual(
+    dtype: Any, scaling: str = "tensor", num_operands: int = 2
+) -> ResidualFormat | None:
     """``None`` (save the operands as they are), or the format to save them in.
 
-    Raises TypeError for a dtype jaxmm does not save in and ValueError for an unknown scaling,
-    before any work. A ``ResidualFormat`` passes through unchanged, so that a public function can
-    hand its canonical options on to another public function.
+    ``dtype`` is one dtype for every operand, or a sequence of one dtype (or ``None``, as it is)
+    per operand. Raises TypeError for a dtype jaxmm does not save in, ValueError for a sequence
+    of the wrong length or an unknown scaling, before any work.
     """
-    if isinstance(dtype, ResidualFormat):
-        return dtype
     if scaling not in SCALINGS:
         raise ValueError(f"residual_scaling must be one of {SCALINGS}, got {scaling!r}.")
     if dtype is None:
         return None
+    if isinstance(dtype, (tuple, list)):
+        if len(dtype) != num_operands:
+            raise ValueError(
+                f"residual_dtype has {len(dtype)} entries for {num_operands} operands: give one "
+                "dtype (or None) per operand, or one dtype for all of them."
+            )
+        dtypes = tuple(None if d is None else _residual_dtype(d) for d in dtype)
+    else:
+        dtypes = (_residual_dtype(dtype),) * num_operands
+    if all(d is None for d in dtypes):
+        return None
+    return ResidualFormat(dtypes, scaling)
+
+
+def _residual_dtype(dtype: Any) -> np.dtype:
     try:
-        dtype = np.dtype(dtype)
+        canonical = np.dtype(dtype)
     except TypeError:
-        dtype = None
-    if dtype not in RESIDUAL_DTYPES:
+        canonical = None
+    if canonical not in RESIDUAL_DTYPES:
         names = ", ".join(d.name for d in RESIDUAL_DTYPES)
-        raise TypeError(f"residual_dtype must be one of {names} (or None), got {dtype}.")
-    return ResidualFormat(dtype, scaling)
+        got = canonical if canonical is not None else repr(dtype)
+        raise TypeError(
+            f"residual_dtype must be one of {names} (or None), got {got}: give one of them for "
+            "every operand, or a sequence of one of them (or None) per operand."
+        )
+    narrow: np.dtype = canonical
+    return narrow
 
 
-def _narrowed(dtype: np.dtype, residual: ResidualFormat | None) -> bool:
-    """Whether an operand of ``dtype`` is saved in ``residual.dtype``: real floating and wider."""
+def _narrowed(dtype: np.dtype, narrow: np.dtype | None) -> bool:
+    """Whether an operand of ``dtype`` is saved in ``narrow``: real floating and wider."""
     return (
-        residual is not None
+        narrow is not None
         and jnp.issubdtype(dtype, np.floating)
-        and residual.dtype.itemsize < np.dtype(dtype).itemsize
+        and narrow.itemsize < np.dtype(dtype).itemsize
     )
 
 
-def is_scaled(dtype: np.dtype, residual: ResidualFormat | None) -> bool:
-    """Whether an operand of ``dtype`` is saved with a scale: narrowed to a dtype that covers
-    fewer powers of two. Static: the saved pytree is ``(narrow, scale)`` exactly when true."""
-    if residual is None or not _narrowed(dtype, residual):
+def is_scaled(dtype: np.dtype, narrow: np.dtype | None) -> bool:
+    """Whether an operand of ``dtype`` is saved in ``narrow`` with a scale: narrowed to a dtype
+    that covers fewer powers of two. Static: the saved pytree is ``(narrow, scale)`` exactly when
+    true."""
+    if narrow is None or not _narrowed(dtype, narrow):
         return False
-    narrow, wide = jnp.finfo(residual.dtype), jnp.finfo(dtype)
-    return narrow.maxexp < wide.maxexp or narrow.minexp > wide.minexp
+    narrow_info, wide = jnp.finfo(narrow), jnp.finfo(dtype)
+    return narrow_info.maxexp < wide.maxexp or narrow_info.minexp > wide.minexp
 
 
 def _top(narrow: np.dtype) -> float:
@@ -197,28 +232,29 @@ def save_operand(
       side: ``"lhs"`` or ``"rhs"``.
 
     Returns:
-      The operand itself, the operand cast to ``residual.dtype``, or, where that dtype has the
-      narrower exponent range, the pair ``(narrow, scale)`` with ``scale`` a power of two of the
+      The operand itself, the operand cast to its side's residual dtype, or, where that dtype has
+      the narrower exponent range, the pair ``(narrow, scale)`` with ``scale`` a power of two of the
       operand's dtype, of shape ``()`` per tensor or the operand's shape with 1 along every axis
       not kept per channel. :func:`load_operand` reads any of them back.
     """
     saved: jax.Array | tuple[jax.Array, jax.Array]
-    if residual is None or not _narrowed(operand.dtype, residual):
+    narrow = None if residual is None else residual.of(side)
+    if residual is None or narrow is None or not _narrowed(operand.dtype, narrow):
         return operand
-    if not is_scaled(operand.dtype, residual):
-        saved = lax.convert_element_type(operand, residual.dtype)
+    if not is_scaled(operand.dtype, narrow):
+        saved = lax.convert_element_type(operand, narrow)
     else:
         if residual.scaling == "channel":
             reduced = tuple(a for a in range(operand.ndim) if a not in kept_axes)
         else:
             reduced = tuple(range(operand.ndim))
-        scale = _scale(operand, residual.dtype, reduced)
+        scale = _scale(operand, narrow, reduced)
         scaled = operand / scale
-        if not _has_inf(residual.dtype):  # ±inf as ±max, which no finite entry rounds to
-            top = jnp.finfo(residual.dtype).max.astype(operand.dtype)
+        if not _has_inf(narrow):  # ±inf as ±max, which no finite entry rounds to
+            top = jnp.finfo(narrow).max.astype(operand.dtype)
             scaled = jnp.where(jnp.isinf(operand), jnp.copysign(top, operand), scaled)
-        narrow = lax.convert_element_type(scaled, residual.dtype)
-        saved = (narrow, scale if residual.scaling == "channel" else scale.reshape(()))
+        narrowed = lax.convert_element_type(scaled, narrow)
+        saved = (narrowed, scale if residual.scaling == "channel" else scale.reshape(()))
     return checkpoint_name(saved, NAMES[side])
 
 

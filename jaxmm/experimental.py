@@ -40,7 +40,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed JAX
     ) from error
 
 from ._dot_general import apply_dot_general
-from ._einsum import OptimizeLike, apply_einsum
+from ._einsum import OptimizeLike, apply_einsum, num_operands
 from ._matmul import apply_matmul
 from ._primitive import primitive_dot_general
 from ._residuals import canonicalize_residual
@@ -113,7 +113,7 @@ def matmul(
              [1., 1., 1.]], dtype=float32)
     """
     return apply_matmul(
-        dot_general,
+        primitive_dot_general,
         a,
         b,
         precision,
@@ -149,13 +149,13 @@ def einsum(
       Array([6., 6., 6., 6.], dtype=float32)
     """
     return apply_einsum(
-        dot_general,
+        primitive_dot_general,
         subscripts,
         operands,
         precision,
         preferred_element_type,
         out_sharding,
-        canonicalize_residual(residual_dtype, residual_scaling),
+        canonicalize_residual(residual_dtype, residual_scaling, num_operands(subscripts, operands)),
         optimize=optimize,
         out=out,
     )

@@ -322,3 +322,99 @@ def test_perturbation_patterns_mixed_in_any_order(residual_dtype, scaling):
         jax.make_jaxpr(jax.grad(loss, argnums=argnums))(a, b)
         for i, g in zip(argnums, jax.jit(jax.grad(loss, argnums=argnums))(a, b)):
             np.testing.assert_array_equal(g, expected[i])
+
+
+# Per operand: residual_dtype=(lhs_dtype, rhs_dtype), each a dtype or None ---------------------
+
+PRODUCTS_OF_TWO = [
+    ("matmul", jaxmm.matmul, (4, 5), (5, 3)),
+    (
+        "dot_general",
+        lambda a, b, **kw: jaxmm.dot_general(a, b, (((1,), (0,)), ((), ())), **kw),
+        (4, 5),
+        (5, 3),
+    ),
+    ("einsum", lambda a, b, **kw: jaxmm.einsum("ij,jk->ik", a, b, **kw), (4, 5), (5, 3)),
+    ("dot", jaxmm.dot, (4, 5), (5, 3)),
+    ("tensordot", lambda a, b, **kw: jaxmm.tensordot(a, b, axes=1, **kw), (4, 5), (5, 3)),
+    ("inner", jaxmm.inner, (4, 5), (3, 5)),
+    ("outer", jaxmm.outer, (4,), (3,)),
+    ("vdot", jaxmm.vdot, (4, 5), (4, 5)),
+    ("vecdot", jaxmm.vecdot, (4, 5), (4, 5)),
+    ("matvec", jaxmm.matvec, (4, 5), (5,)),
+    ("vecmat", jaxmm.vecmat, (5,), (5, 3)),
+]
+if hasattr(jaxmm, "experimental") or True:
+    try:
+        from jaxmm import experimental
+    except ImportError:
+        experimental = None
+    if experimental is not None:
+        PRODUCTS_OF_TWO += [
+            ("experimental.matmul", experimental.matmul, (4, 5), (5, 3)),
+            (
+                "experimental.einsum",
+                lambda a, b, **kw: experimental.einsum("ij,jk->ik", a, b, **kw),
+                (4, 5),
+                (5, 3),
+            ),
+        ]
+
+
+@pytest.mark.parametrize(
+    "name, fn, a_shape, b_shape", PRODUCTS_OF_TWO, ids=[p[0] for p in PRODUCTS_OF_TWO]
+)
+def test_one_operand_narrowed_the_other_exact(name, fn, a_shape, b_shape):
+    """(bfloat16, None) narrows the lhs only: dB = Aᵀ dY reads the narrowed A, and dA = dY Bᵀ
+    reads the exact B, so it equals the exact gradient; (None, bfloat16) the mirror image."""
+    rng = np.random.default_rng(3)
+    a, b = random_array(rng, a_shape, jnp.float32), random_array(rng, b_shape, jnp.float32)
+    loss = lambda **kw: jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.sin(fn(a, b, **kw))), (0, 1)))
+    exact = loss()(a, b)
+    lhs_narrow = loss(residual_dtype=(jnp.bfloat16, None))(a, b)
+    rhs_narrow = loss(residual_dtype=[None, jnp.bfloat16])(a, b)
+    np.testing.assert_array_equal(lhs_narrow[0], exact[0])
+    np.testing.assert_array_equal(rhs_narrow[1], exact[1])
+    # dB reads the narrowed A, with the exact forward's dY = cos(A B).
+    narrowed_a = a.astype(jnp.bfloat16).astype(jnp.float32)
+    dy = jnp.cos(fn(a, b))
+    expected = jax.vjp(lambda b: fn(narrowed_a, b), b)[1](dy)[0]
+    np.testing.assert_allclose(lhs_narrow[1], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(loss(residual_dtype=(None, None))(a, b)[0], exact[0])
+
+
+def test_einsum_takes_one_dtype_per_operand():
+    rng = np.random.default_rng(4)
+    x, w, v = (random_array(rng, s, jnp.float32) for s in [(3, 4), (4, 5), (5, 2)])
+    f = lambda **kw: jax.jit(
+        jax.grad(
+            lambda x, w, v: jnp.sum(jnp.sin(jaxmm.einsum("ij,jk,kl->il", x, w, v, **kw))), (0, 1, 2)
+        )
+    )
+    exact = f()(x, w, v)
+    # Only x narrowed: the gradients of w and v (whose products read x or the intermediate
+    # result, which is kept exact) are exact... except w's, which reads x.
+    only_x = f(residual_dtype=(jnp.bfloat16, None, None))(x, w, v)
+    np.testing.assert_array_equal(only_x[0], exact[0])
+    with pytest.raises(ValueError, match="residual_dtype has 2 entries for 3 operands"):
+        jaxmm.einsum("ij,jk,kl->il", x, w, v, residual_dtype=(jnp.bfloat16, None))
+    with pytest.raises(ValueError, match="residual_dtype has 3 entries for 2 operands"):
+        jaxmm.einsum(x, [0, 1], w, [1, 2], residual_dtype=(None, None, None))
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        ((jnp.bfloat16,), ValueError),
+        ((jnp.bfloat16, None, None), ValueError),
+        ((jnp.int8, None), TypeError),
+        ((None, "float"), TypeError),
+    ],
+)
+@pytest.mark.parametrize(
+    "name, fn, a_shape, b_shape", PRODUCTS_OF_TWO[:4], ids=[p[0] for p in PRODUCTS_OF_TWO[:4]]
+)
+def test_bad_per_operand_forms_are_errors_before_any_work(name, fn, a_shape, b_shape, bad, error):
+    a, b = jnp.ones((7,)), jnp.ones((2, 2))  # operands that do not even fit
+    with pytest.raises(error, match="residual_dtype"):
+        fn(a, b, residual_dtype=bad)

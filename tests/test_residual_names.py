@@ -1,4 +1,5 @@
-"""Saved operands are named ``"jaxmm_lhs"`` / ``"jaxmm_rhs"`` for ``jax.checkpoint`` policies."""
+"""Narrowed saved operands are named ``"jaxmm_lhs"`` / ``"jaxmm_rhs"`` for ``jax.checkpoint``
+policies; operands saved as they are carry no name (a name would make a copy of them)."""
 
 import functools
 
@@ -14,9 +15,9 @@ import jaxmm
 
 NAMES = ("jaxmm_lhs", "jaxmm_rhs")
 SAVE_NAMED = jax.checkpoint_policies.save_only_these_names(*NAMES)
-# (residual_dtype, residual_scaling): exact, scaled per tensor, scaled per channel.
-SETTINGS = [(None, "tensor"), (jnp.float16, "tensor"), (jnp.float8_e4m3fn, "channel")]
-IDS = ["exact", "float16", "e4m3-channel"]
+# (residual_dtype, residual_scaling): plain cast, scaled per tensor, scaled per channel.
+SETTINGS = [(jnp.bfloat16, "tensor"), (jnp.float16, "tensor"), (jnp.float8_e4m3fn, "channel")]
+IDS = ["bfloat16", "float16", "e4m3-channel"]
 
 
 def _params():
@@ -73,8 +74,8 @@ def test_saved_operands_and_their_scales_carry_the_names(residual_dtype, scaling
     print_saved_residuals(lambda params: loss(params, x, target), params)
     named = [line for line in capsys.readouterr().out.splitlines() if "named" in line]
     # x@w1 saves x (for dw1; x needs no cotangent) and w1 is not saved; h@w2 saves both.
-    short = {"float16": "f16", "float8_e4m3fn": "f8_e4m3fn"}
-    narrow = "f32" if residual_dtype is None else short[np.dtype(residual_dtype).name]
+    short = {"bfloat16": "bf16", "float16": "f16", "float8_e4m3fn": "f8_e4m3fn"}
+    narrow = short[np.dtype(residual_dtype).name]
     x_saved, h_saved = f"{narrow}[8,16] named 'jaxmm_lhs'", f"{narrow}[8,32] named 'jaxmm_lhs'"
     w2_saved = f"{narrow}[32,4] named 'jaxmm_rhs'"
     expected = [x_saved, h_saved, w2_saved]
@@ -126,3 +127,27 @@ def test_policy_gradient_equals_the_one_without_checkpoint(residual_dtype, scali
         grads = jax.jit(jax.grad(jax.checkpoint(loss, policy=policy)))(*args)
         for g, e in zip(grads, expected):
             np.testing.assert_array_equal(g, e)
+
+
+def test_exact_operands_carry_no_name_and_the_policy_keeps_what_it_keeps_for_jnp(capsys):
+    args = _params()
+    loss = _linear_net(jaxmm.matmul)
+    print_saved_residuals(lambda params: loss(params, *args[1:]), args[0])
+    assert "named" not in capsys.readouterr().out
+    remat, reference = (
+        jax.checkpoint(_linear_net(mm), policy=SAVE_NAMED) for mm in (jaxmm.matmul, jnp.matmul)
+    )
+    assert _backward_dot_generals(remat, *args) == _backward_dot_generals(reference, *args)
+
+
+def test_one_side_narrowed_names_that_side_only(capsys):
+    """residual_dtype=(jnp.bfloat16, None): the activations (lhs) are saved narrowed and named,
+    the weights as they are, unnamed (read "from the argument")."""
+    (w1, w2), x, target = _params()
+    mm = functools.partial(jaxmm.matmul, residual_dtype=(jnp.bfloat16, None))
+    loss = _linear_net(mm)
+    print_saved_residuals(lambda params: loss(params, x, target), (w1, w2))
+    lines = capsys.readouterr().out.splitlines()
+    named = sorted(line.split(" from ")[0] for line in lines if "named" in line)
+    assert named == ["bf16[8,16] named 'jaxmm_lhs'", "bf16[8,32] named 'jaxmm_lhs'"]
+    assert any(line.startswith("f32[32,4] from the argument") for line in lines)
