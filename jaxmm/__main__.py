@@ -1,5 +1,6 @@
 """``python -m jaxmm`` (or ``jaxmm``): self-check against JAX's autodiff, then a benchmark (the
-products, then ``linear_cross_entropy`` against the naive loss)."""
+products, ``linear_cross_entropy`` against the naive loss, then scanned and per-token models
+against the same models with ``jnp``: memory and training-step time)."""
 
 from __future__ import annotations
 
@@ -207,6 +208,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "time": timing.as_dict(),
         }
 
+    models: dict[str, Any] = {}
+    if not args.no_benchmark:
+        from . import _models_benchmark
+
+        start = time.perf_counter()
+        memory_rows, step_rows, table = _models_benchmark.report(quick=args.quick)
+        print(f"\n{table} ({time.perf_counter() - start:.0f} s)")
+        models = {
+            "memory": [row.as_dict() for row in memory_rows],
+            "steps": [row.as_dict() for row in step_rows],
+        }
+
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -227,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "benchmark": [r.as_dict() for r in results],
                     "overheads": [o.as_dict() for o in overheads],
                     "linear_cross_entropy": cross_entropy,
+                    "models": models,
                 },
                 f,
                 indent=2,

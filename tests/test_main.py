@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxmm import __main__ as cli
-from jaxmm import _benchmark, _cross_entropy_benchmark, _selfcheck
+from jaxmm import _benchmark, _cross_entropy_benchmark, _models_benchmark, _selfcheck
 
 ALL_CASES = _selfcheck.cases
 
@@ -20,15 +20,18 @@ def _few_cases():
     return [c for c in ALL_CASES() if c.dtype == "float32"][:3]
 
 
-def _tiny_cross_entropy(monkeypatch):
-    """The linear cross-entropy section at sizes that take a second."""
+def _tiny_sections(monkeypatch):
+    """The linear cross-entropy and model sections at sizes that take a second."""
+    monkeypatch.setattr(_models_benchmark, "MLP_SIZES", {True: (2, 8, 16, 32)})
+    monkeypatch.setattr(_models_benchmark, "TRANSFORMER_SIZES", {True: (1, 1, 8, 64)})
+    monkeypatch.setattr(_models_benchmark, "PER_TOKEN_SIZES", {True: (1, 4, 64)})
     monkeypatch.setattr(_cross_entropy_benchmark, "QUICK_MEMORY_SIZES", ((256, 32, 2048),))
     monkeypatch.setattr(_cross_entropy_benchmark, "QUICK_TIME_SIZE", (64, 16, 512))
 
 
 def test_main_job_runs_and_writes_json(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(_selfcheck, "cases", _few_cases)
-    _tiny_cross_entropy(monkeypatch)
+    _tiny_sections(monkeypatch)
     out = tmp_path / "results.json"
     assert cli.main(["--sizes", "32,64", "--quick", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -51,6 +54,20 @@ def test_main_job_runs_and_writes_json(tmp_path, monkeypatch, capsys):
     (memory,) = results["linear_cross_entropy"]["memory"]
     assert (memory["tokens"], memory["d"], memory["vocab"]) == (256, 32, 2048)
     assert memory["temp_bytes"]["jaxmm"] < memory["temp_bytes"]["naive"]
+    models = results["models"]
+    assert {row["variant"] for row in models["memory"]} == {
+        v for v, _ in _models_benchmark.VARIANTS
+    }
+    exact = [r for r in models["memory"] if r["variant"] == "jaxmm exact" and not r["checkpoint"]]
+    reference = [r for r in models["memory"] if r["variant"] == "jnp" and not r["checkpoint"]]
+    for ours, theirs in zip(exact, reference):
+        assert ours["residual_bytes"] <= theirs["residual_bytes"]
+    assert [s["case"] for s in models["steps"]] == [
+        "scanned MLP",
+        "scanned transformer",
+        "nested-vmap block",
+    ]
+    assert all(s["jaxmm_dots"] == s["jnp_dots"] for s in models["steps"])
     timing = results["linear_cross_entropy"]["time"]
     assert timing["ms"]["jaxmm"] > 0 and timing["ratio"]["naive"] == 1.0
     for o in results["overheads"]:
@@ -71,7 +88,7 @@ def test_self_check_fails_on_a_wrong_matmul(monkeypatch, capsys):
 
 def test_plot(tmp_path, monkeypatch):
     monkeypatch.setattr(_selfcheck, "cases", _few_cases)
-    _tiny_cross_entropy(monkeypatch)
+    _tiny_sections(monkeypatch)
     png = tmp_path / "chart.png"
     assert cli.main(["--sizes", "32", "--quick", "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
