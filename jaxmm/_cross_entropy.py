@@ -69,6 +69,7 @@ from ._checks import (
 )
 from ._dot_general import _match_varying_axes, _varying_axes
 from ._mesh import lay_out, on_mesh, restore
+from ._scope import named
 from ._typing import ArrayLike, PrecisionLike
 
 # chunk_size=None: about 2^23 logits per chunk (32 MiB in float32), from 128 to V columns.
@@ -76,6 +77,7 @@ _CHUNK_ELEMENTS = 2**23
 _MIN_CHUNK = 128
 
 
+@named("jaxmm.linear_cross_entropy")
 def linear_cross_entropy(
     x: ArrayLike,
     w: ArrayLike,

@@ -33,9 +33,11 @@ from ._residuals import (
     save_operand,
 )
 from ._rules import lhs_cotangent, rhs_cotangent
+from ._scope import named
 from ._typing import ArrayLike, DotDimensionNumbers, DTypeLike, PrecisionLike
 
 
+@named("jaxmm.dot_general")
 def dot_general(
     lhs: ArrayLike,
     rhs: ArrayLike,

@@ -37,6 +37,7 @@ from ._checks import (
 )
 from ._dot_general import apply_dot_general, product
 from ._residuals import ResidualFormat, canonicalize_residual
+from ._scope import named
 from ._typing import ArrayLike, DTypeLike, PrecisionLike
 
 OptimizeLike = bool | str | list[tuple[int, ...]]
@@ -45,6 +46,7 @@ Shape = tuple[int, ...]
 Step = tuple[tuple[int, ...], Letters]  # (positions of the operands contracted, letters kept)
 
 
+@named("jaxmm.einsum")
 def einsum(
     subscripts: str | ArrayLike,
     /,

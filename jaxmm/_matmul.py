@@ -48,9 +48,11 @@ from ._checks import (
 from ._dot_general import apply_dot_general
 from ._dot_general import product as default_product
 from ._residuals import ResidualFormat, canonicalize_residual
+from ._scope import named
 from ._typing import ArrayLike, DTypeLike, PrecisionLike
 
 
+@named("jaxmm.matmul")
 def matmul(
     a: ArrayLike,
     b: ArrayLike,

@@ -33,12 +33,14 @@ from ._checks import (
 from ._dot_general import apply_dot_general, product
 from ._matmul import apply_matmul
 from ._residuals import ResidualFormat, canonicalize_residual
+from ._scope import named
 from ._typing import ArrayLike, DTypeLike, PrecisionLike
 
 Axes = tuple[tuple[int, ...], tuple[int, ...]]  # (lhs axes, rhs axes)
 _NONE: Axes = ((), ())  # no batch (or no contracting) axes
 
 
+@named("jaxmm.dot")
 def dot(
     a: ArrayLike,
     b: ArrayLike,
@@ -90,6 +92,7 @@ def dot(
     )
 
 
+@named("jaxmm.tensordot")
 def tensordot(
     a: ArrayLike,
     b: ArrayLike,
@@ -181,6 +184,7 @@ def _axis(axis: Any, shape: tuple[int, ...]) -> int:
     return index % len(shape)
 
 
+@named("jaxmm.vdot")
 def vdot(
     a: ArrayLike,
     b: ArrayLike,
@@ -220,6 +224,7 @@ def vdot(
     )
 
 
+@named("jaxmm.inner")
 def inner(
     a: ArrayLike,
     b: ArrayLike,
@@ -261,6 +266,7 @@ def inner(
     )
 
 
+@named("jaxmm.outer")
 def outer(
     a: ArrayLike,
     b: ArrayLike,
@@ -303,6 +309,7 @@ def outer(
     )
 
 
+@named("jaxmm.matvec")
 def matvec(
     x1: ArrayLike,
     x2: ArrayLike,
@@ -343,6 +350,7 @@ def matvec(
     return lax.squeeze(y, (y.ndim - 1,))
 
 
+@named("jaxmm.vecmat")
 def vecmat(
     x1: ArrayLike,
     x2: ArrayLike,
@@ -383,6 +391,7 @@ def vecmat(
     return lax.squeeze(y, (y.ndim - 2,))
 
 
+@named("jaxmm.vecdot")
 def vecdot(
     x1: ArrayLike,
     x2: ArrayLike,

@@ -44,11 +44,13 @@ from ._einsum import OptimizeLike, apply_einsum, num_operands
 from ._matmul import apply_matmul
 from ._primitive import primitive_dot_general
 from ._residuals import canonicalize_residual
+from ._scope import named
 from ._typing import ArrayLike, DotDimensionNumbers, DTypeLike, PrecisionLike
 
 __all__ = ["dot_general", "einsum", "matmul"]
 
 
+@named("jaxmm.experimental.dot_general")
 def dot_general(
     lhs: ArrayLike,
     rhs: ArrayLike,
@@ -89,6 +91,7 @@ def dot_general(
     )
 
 
+@named("jaxmm.experimental.matmul")
 def matmul(
     a: ArrayLike,
     b: ArrayLike,
@@ -123,6 +126,7 @@ def matmul(
     )
 
 
+@named("jaxmm.experimental.einsum")
 def einsum(
     subscripts: str,
     /,

@@ -153,3 +153,27 @@ def test_benchmark_step_compiles_to_the_references_program(case):
     else:
         assert not extra
         assert _transposes_and_copies(ours) == _transposes_and_copies(theirs)
+
+
+NAMED = [
+    ("matmul", lambda a, b: jaxmm.matmul(a, b)),
+    ("dot_general", lambda a, b: jaxmm.dot_general(a, b, (((1,), (0,)), ((), ())))),
+    ("einsum", lambda a, b: jaxmm.einsum("ij,jk->ik", a, b)),
+    ("dot", lambda a, b: jaxmm.dot(a, b)),
+    ("tensordot", lambda a, b: jaxmm.tensordot(a, b, axes=1)),
+    ("inner", lambda a, b: jaxmm.inner(a, b.T)),
+    ("outer", lambda a, b: jaxmm.outer(a, b)),
+    ("vdot", lambda a, b: jaxmm.vdot(a, b.T)),
+    ("vecdot", lambda a, b: jaxmm.vecdot(a, b.T)),
+    ("matvec", lambda a, b: jaxmm.matvec(a, b[:, 0])),
+    ("vecmat", lambda a, b: jaxmm.vecmat(a[0], b)),
+]
+
+
+@pytest.mark.parametrize("name, fn", NAMED, ids=[n for n, _ in NAMED])
+def test_every_product_is_named_in_the_lowered_program(name, fn):
+    """As jnp.einsum names its own: the forward and backward ops carry ``jaxmm.<name>``."""
+    a, b = jnp.ones((3, 3)), jnp.ones((3, 3))
+    lowered = jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b)), (0, 1))).lower(a, b)
+    text = lowered.as_text(debug_info=True)
+    assert f"jvp(jaxmm.{name})" in text and f"transpose(jvp(jaxmm.{name}))" in text
