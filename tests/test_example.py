@@ -5,8 +5,12 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import jaxmm
+
+# Runs in the full tier (pytest --full): minutes of training or execution.
+pytestmark = pytest.mark.full
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "mlp_digits.py"
 

@@ -25,10 +25,14 @@ def _tiny_sections(monkeypatch):
     monkeypatch.setattr(_models_benchmark, "MLP_SIZES", {True: (2, 8, 16, 32)})
     monkeypatch.setattr(_models_benchmark, "TRANSFORMER_SIZES", {True: (1, 1, 8, 64)})
     monkeypatch.setattr(_models_benchmark, "PER_TOKEN_SIZES", {True: (1, 4, 64)})
+    variants = [v for v in _models_benchmark.VARIANTS if v[0] in ("jnp", "jaxmm exact")]
+    monkeypatch.setattr(_models_benchmark, "VARIANTS", (*variants, _models_benchmark.VARIANTS[-1]))
+    monkeypatch.setattr(_models_benchmark, "TRAIN_STEPS", 2)
     monkeypatch.setattr(_cross_entropy_benchmark, "QUICK_MEMORY_SIZES", ((256, 32, 2048),))
     monkeypatch.setattr(_cross_entropy_benchmark, "QUICK_TIME_SIZE", (64, 16, 512))
 
 
+@pytest.mark.full
 def test_main_job_runs_and_writes_json(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(_selfcheck, "cases", _few_cases)
     _tiny_sections(monkeypatch)
@@ -86,6 +90,7 @@ def test_self_check_fails_on_a_wrong_matmul(monkeypatch, capsys):
     assert "FAIL" in capsys.readouterr().out
 
 
+@pytest.mark.full
 def test_plot(tmp_path, monkeypatch):
     monkeypatch.setattr(_selfcheck, "cases", _few_cases)
     _tiny_sections(monkeypatch)

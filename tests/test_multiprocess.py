@@ -5,6 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Runs in the full tier (pytest --full): minutes of training or execution.
+pytestmark = pytest.mark.full
+
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 
 

@@ -26,6 +26,7 @@ def test_all_notebooks_are_found():
     ]
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path):
     if path.name in NEEDS_HIJAX and not HAS_HIJAX:

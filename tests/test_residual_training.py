@@ -3,10 +3,15 @@
 import pathlib
 import sys
 
+import pytest
+
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "examples"))
 
 import residual_training  # noqa: E402
 from residual_memory import SETTINGS  # noqa: E402
+
+# Runs in the full tier (pytest --full): minutes of training or execution.
+pytestmark = pytest.mark.full
 
 
 def test_training_comparison_runs_and_reports_each_setting():
