@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+from collections import Counter
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from jax.ad_checkpoint import print_saved_residuals
 from reference import assert_close
 
 import jaxmm
+from jaxmm import _models_benchmark
 
 try:
     from jaxmm import experimental
@@ -251,3 +253,35 @@ def test_flat_layer_vjp_keeps_what_jnp_keeps(lib):
     x, w = jnp.ones((8, D)), jnp.ones((D, N))
     loss = lambda mm: lambda x, w: jnp.sum(jnp.tanh(mm(x, w)))
     assert _saved(loss(lib.matmul), x, w) == _saved(loss(jnp.matmul), x, w)
+
+
+def _ops(compiled) -> Counter:
+    """The compiled program's operations, each as (result type, opcode)."""
+    return Counter(re.findall(r" = (\S+) ([a-z][a-z-]*)\(", compiled.as_text()))
+
+
+@pytest.mark.parametrize("kind", ["MLP", "transformer"])
+def test_scanned_model_compiles_to_jnps_program(kind, monkeypatch):
+    """The training step of a scanned model (python -m jaxmm's) is jnp's program: op for op for
+    the MLP; for the transformer block (whose einsums jaxmm lays out as its own products) the
+    same products, FLOPs and no more temporaries."""
+    monkeypatch.setattr(_models_benchmark, "MLP_SIZES", {True: (3, 16, 32, 64)})
+    monkeypatch.setattr(_models_benchmark, "TRANSFORMER_SIZES", {True: (2, 2, 8, 64)})
+    make_layer, weights, data = _models_benchmark.model(kind, True)
+    compiled = [
+        _compiled(
+            jax.jit(jax.grad(_models_benchmark.scanned_loss(make_layer(*products), False))),
+            weights,
+            *data,
+        )
+        for products in (
+            _models_benchmark.products("jaxmm exact", None),
+            _models_benchmark.products("jnp", None),
+        )
+    ]
+    ours, theirs = compiled
+    if kind == "MLP":
+        assert _ops(ours) == _ops(theirs)
+    assert _dots(ours) == _dots(theirs)
+    assert ours.cost_analysis()["flops"] <= theirs.cost_analysis()["flops"]
+    assert ours.memory_analysis().temp_size_in_bytes <= theirs.memory_analysis().temp_size_in_bytes
