@@ -1,0 +1,85 @@
+"""Differences between the JAX releases jaxmm supports, in one place.
+
+Each entry names the JAX releases it answers and when it can be deleted. The rules themselves
+(``_dot_general.py``, ``_primitive.py``) are written once, against the newest JAX, and read as
+their derivation; what an older JAX needs instead is adapted here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import jax
+
+
+# --- The hijax primitive class of jaxmm.experimental --------------------------------------------
+#
+# JAX 0.10.x to 0.11.1 call the class ``jax.experimental.hijax.VJPHiPrimitive``; JAX 0.11.2
+# renamed it ``HiPrim``. Releases before 0.10 have neither (jaxmm.experimental is unavailable
+# there and ``import jaxmm.experimental`` raises ``HIJAX_MISSING``). Delete the fallback to
+# ``VJPHiPrimitive`` when jaxmm.experimental requires JAX >= 0.11.2.
+def _hijax_base() -> Any:
+    try:
+        hijax = importlib.import_module("jax.experimental.hijax")
+    except ImportError:  # pragma: no cover - depends on the installed JAX
+        return None
+    return getattr(hijax, "HiPrim", None) or getattr(hijax, "VJPHiPrimitive", None)
+
+
+HIJAX_BASE: Any = _hijax_base()
+
+HIJAX_MISSING = (
+    "jaxmm.experimental needs JAX's primitive class jax.experimental.hijax.HiPrim (JAX 0.11.2 or "
+    "newer) or VJPHiPrimitive (JAX 0.10.2 to 0.11.1), which JAX {version} does not have: install "
+    "JAX 0.10.2 or newer (jaxmm's default functions, jaxmm.matmul / dot_general / einsum, work "
+    "without it)."
+)
+
+# The checkpointing rule (``remat``) a hijax primitive gives ``jax.checkpoint`` under JAX's
+# ``jax_remat3`` implementation changed its signature twice:
+#   JAX 0.10.x:   remat(policy, *args) -> (out, rematerialize(*args))
+#   JAX 0.11.x:   remat(trace, *args)  -> (out, rematerialize(*args)), the policy is trace.policy
+#   JAX >= 0.12:  remat(trace, *args)  -> (out, residuals, rematerialize(residuals, *args))
+# jaxmm writes the rule once, in the newest form but taking the policy (``remat_rule`` below);
+# ``remat`` adapts it. Delete the two older branches when jaxmm.experimental requires JAX >= 0.12.
+_REMAT_TAKES_POLICY = jax.__version_info__ < (0, 11)
+_REMAT_RETURNS_RESIDUALS = jax.__version_info__ >= (0, 12)
+
+RematRule = tuple[Any, Any, Callable[..., Any]]
+
+if HIJAX_BASE is not None:
+
+    class HiPrimitiveBase(HIJAX_BASE):  # type: ignore[misc]  # JAX's class, typed per release
+        """JAX's hijax primitive class (``HiPrim`` or ``VJPHiPrimitive``), whose checkpointing
+        rule a subclass writes once as ``remat_rule(policy, *args)``, returning
+        ``(out, residuals, rematerialize)`` with ``rematerialize(residuals, *args) == out``."""
+
+        def remat_rule(self, policy: Any, *args: Any) -> RematRule:
+            del policy  # recompute everything, as JAX's own default
+            return self(*args), (), lambda _, *args: self(*args)
+
+        def remat(self, policy_or_trace: Any, *args: Any) -> tuple[Any, ...]:
+            policy = policy_or_trace if _REMAT_TAKES_POLICY else policy_or_trace.policy
+            out, residuals, rematerialize = self.remat_rule(policy, *args)
+            if _REMAT_RETURNS_RESIDUALS:
+                return out, residuals, rematerialize
+            return out, partial(rematerialize, residuals)
+
+
+# A product that jax.checkpoint saves under ``jax_remat3``: JAX >= 0.12 rounds the saved value to
+# its dtype's precision (``lax.reduce_precision``), so that the backward pass reads exactly what a
+# recomputation would give and not a value held at XLA's excess precision (jax-ml/jax#22244);
+# JAX 0.10 and 0.11 save the value as computed. jaxmm's checkpointing rule does what the installed
+# JAX does for its own ``dot_general``, so that both programs are the same. Delete the version
+# test when jaxmm.experimental requires JAX >= 0.12.
+_PINS_SAVED_PRECISION = jax.__version_info__ >= (0, 12)
+
+
+def pin_saved_precision(saved: jax.Array) -> jax.Array:
+    if not _PINS_SAVED_PRECISION or not jax.numpy.issubdtype(saved.dtype, jax.numpy.inexact):
+        return saved
+    finfo = jax.numpy.finfo(saved.dtype)
+    return jax.lax.reduce_precision(saved, exponent_bits=finfo.nexp, mantissa_bits=finfo.nmant)
