@@ -15,6 +15,50 @@ from typing import Any
 import jax
 
 
+# --- shard_map's varying axes (the default functions) -------------------------------------------
+#
+# JAX 0.10 keeps the mesh axes a value varies along in ``aval.manual_axis_type.varying``; earlier
+# releases in ``aval.vma``. Delete the fallback when jaxmm requires JAX >= 0.10.
+def varying_axes(x: jax.Array) -> frozenset[str]:
+    """The shard_map mesh axes along which ``x`` varies (empty outside shard_map)."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)
+    axes: frozenset[str] = (
+        manual.varying if manual is not None else getattr(aval, "vma", frozenset())
+    )
+    return axes
+
+
+# JAX 0.8.2 renamed ``lax.pvary(x, axes)`` to ``lax.pcast(x, axes, to="varying")``. Delete the
+# fallback when jaxmm requires JAX >= 0.8.2.
+def cast_to_varying(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+    pcast = getattr(jax.lax, "pcast", None)
+    if pcast is not None:
+        cast: jax.Array = pcast(x, axes, to="varying")
+    else:
+        cast = jax.lax.pvary(x, axes)  # type: ignore[attr-defined, unused-ignore]
+    return cast
+
+
+# --- custom_vjp backward rules (the default functions) --------------------------------------------
+#
+# JAX 0.8.0 and 0.8.1 require a custom_vjp's backward rule to return the same tree of cotangents
+# for every perturbation pattern it is traced with (later releases take None for any operand):
+# there, zeros stand in for an unwanted cotangent, and XLA drops them unused. Delete when jaxmm
+# requires JAX >= 0.8.2.
+_FIXED_BWD_TREE = jax.__version_info__ < (0, 8, 2)
+
+
+def unwanted_cotangent_as_zeros(cotangent: jax.Array | None, operand_type: Any) -> Any:
+    """``cotangent``, or where it is ``None`` (not wanted) and JAX needs one, zeros."""
+    if not _FIXED_BWD_TREE or cotangent is not None:
+        return cotangent
+    if not jax.numpy.issubdtype(operand_type.dtype, jax.numpy.inexact):
+        return None  # integer operands never get a cotangent: None in every pattern
+    sharding = None if operand_type.sharding.mesh.empty else operand_type.sharding
+    return jax.lax.full(operand_type.shape, 0, operand_type.dtype, sharding=sharding)
+
+
 # --- The hijax primitive class of jaxmm.experimental --------------------------------------------
 #
 # JAX 0.10.x to 0.11.1 call the class ``jax.experimental.hijax.VJPHiPrimitive``; JAX 0.11.2
