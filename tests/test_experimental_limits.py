@@ -39,12 +39,23 @@ class _Double(HiPrimitiveBase):
         return self(x), (), lambda _, x: self(x)
 
 
-@pytest.fixture
-def remat3():
+def _with_remat3(enabled):
     previous = jax.config.jax_remat3
-    jax.config.update("jax_remat3", True)
+    jax.config.update("jax_remat3", enabled)
     yield
     jax.config.update("jax_remat3", previous)
+
+
+@pytest.fixture
+def remat3():
+    """JAX's newer jax.checkpoint implementation (``jax_remat3``, off by default up to 0.12)."""
+    yield from _with_remat3(True)
+
+
+@pytest.fixture
+def default_remat():
+    """JAX's default jax.checkpoint implementation, whatever the environment asks for."""
+    yield from _with_remat3(False)
 
 
 def _checkpointed_gradient_asks():
@@ -61,7 +72,7 @@ def _checkpointed_gradient_asks():
     return asked, list(_Double.remat_calls)
 
 
-def test_default_checkpoint_never_calls_a_primitives_remat_rule():
+def test_default_checkpoint_never_calls_a_primitives_remat_rule(default_remat):
     """JAX's default jax.checkpoint asks its policy about each equation of the JVP of the
     function, and sees a hijax primitive only as ``call_hi_primitive``: dots_saveable cannot
     recognise a product there, and the primitive's ``remat`` rule is not called. jaxmm's JVP
