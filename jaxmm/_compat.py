@@ -61,9 +61,9 @@ def unwanted_cotangent_as_zeros(cotangent: jax.Array | None, operand_type: Any) 
 
 # --- The hijax primitive class of jaxmm.experimental --------------------------------------------
 #
-# JAX 0.10.x to 0.11.1 call the class ``jax.experimental.hijax.VJPHiPrimitive``; JAX 0.11.2
-# renamed it ``HiPrim``. Releases before 0.10 have neither (jaxmm.experimental is unavailable
-# there and ``import jaxmm.experimental`` raises ``HIJAX_MISSING``). Delete the fallback to
+# JAX 0.10.2 to 0.11.1 call the class ``jax.experimental.hijax.VJPHiPrimitive``; JAX 0.11.2
+# renamed it ``HiPrim``. Where neither exists (JAX 0.8.0, for one) jaxmm.experimental is
+# unavailable: ``import jaxmm.experimental`` raises ``HIJAX_MISSING``. Delete the fallback to
 # ``VJPHiPrimitive`` when jaxmm.experimental requires JAX >= 0.11.2.
 def _hijax_base() -> Any:
     try:
@@ -123,6 +123,7 @@ _PINS_SAVED_PRECISION = jax.__version_info__ >= (0, 12)
 
 
 def pin_saved_precision(saved: jax.Array) -> jax.Array:
+    """``saved`` as JAX's ``jax_remat3`` keeps a saved product on the installed release."""
     if not _PINS_SAVED_PRECISION or not jax.numpy.issubdtype(saved.dtype, jax.numpy.inexact):
         return saved
     finfo = jax.numpy.finfo(saved.dtype)
