@@ -1,6 +1,6 @@
 """A Flax MLP trained on scikit-learn's bundled handwritten digits (8x8 images, shipped inside the
 package: nothing is downloaded), once with jaxmm layers and once with Flax's default layers, from
-the same initialisation. The two loss curves agree at every step.
+the same initialisation. The two loss curves agree at every step, to float32 rounding.
 
 Run: python examples/mlp_digits.py
 """
@@ -65,9 +65,11 @@ def main() -> None:
     start = time.perf_counter()
     ours, ours_accuracy = train(jaxmm.dot_general)
     theirs, theirs_accuracy = train()
-    relative = np.max(np.abs(ours - theirs) / np.abs(theirs))
+    # Measured against the size of the losses (the first one): float32 rounding differences in
+    # the gradients grow, relative to each loss, as the loss approaches zero.
+    ulps = np.max(np.abs(ours - theirs)) / (np.finfo(np.float32).eps * theirs[0])
     print(f"steps: {len(ours)}   final loss: jaxmm {ours[-1]:.6f}   default {theirs[-1]:.6f}")
-    print(f"max relative loss difference over all steps: {relative:.2e}")
+    print(f"max loss difference over all steps: {ulps:.1f} float32 ulps of the first loss")
     print(f"test accuracy: jaxmm {ours_accuracy:.4f}   default {theirs_accuracy:.4f}")
     print(f"wall time: {time.perf_counter() - start:.1f} s")
 

@@ -67,7 +67,8 @@ from ._checks import (
     linear_cross_entropy_arrays,
     linear_cross_entropy_options,
 )
-from ._dot_general import _match_varying_axes, _varying_axes
+from ._compat import varying_axes
+from ._dot_general import match_varying_axes
 from ._mesh import lay_out, on_mesh, restore
 from ._scope import named
 from ._typing import ArrayLike, PrecisionLike
@@ -163,7 +164,7 @@ def _checked_linear_cross_entropy(
     token_shape = labels.shape
     x, w, labels, mask, token_axes, vocab_axes, order = lay_out(x, w, labels, mask)
     options = dataclasses.replace(options, token_axes=token_axes, vocab_axes=vocab_axes)
-    x, w = _match_varying_axes(x, w)
+    x, w = match_varying_axes(x, w)
     loss = _linear_cross_entropy(x, w, labels, mask, options)
     return restore(loss, token_shape, order) if options.reduction == "none" else loss
 
@@ -348,7 +349,7 @@ def _varying_zeros(shape: tuple[int, ...], dtype: Any, *like: jax.Array) -> jax.
     """Zeros to start a loop's carry: inside ``shard_map``, varying along the mesh axes the
     arrays ``like`` vary along, as the loop body's results do."""
     zeros = jnp.zeros(shape, dtype)
-    axes = tuple(sorted(frozenset().union(*(_varying_axes(a) for a in like))))
+    axes = tuple(sorted(frozenset().union(*(varying_axes(a) for a in like))))
     if not axes:
         return zeros
     pcast = getattr(lax, "pcast", None)  # lax.pvary before JAX 0.8.2

@@ -25,6 +25,7 @@ from ._checks import (
     canonicalize_preferred_element_type,
     check_dot_general,
 )
+from ._compat import cast_to_varying, unwanted_cotangent_as_zeros, varying_axes
 from ._residuals import (
     ResidualFormat,
     canonicalize_residual,
@@ -160,22 +161,12 @@ def apply_dot_general(
 @partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7), inline=True)
 def _checked_dot_general(lhs: jax.Array, rhs: jax.Array, *static: Any) -> jax.Array:
     *options, product = static
-    lhs, rhs = _match_varying_axes(lhs, rhs)
+    lhs, rhs = match_varying_axes(lhs, rhs)
     result: jax.Array = product(lhs, rhs, *options)
     return result
 
 
-def _varying_axes(x: jax.Array) -> frozenset[str]:
-    """The shard_map mesh axes along which ``x`` varies (empty outside shard_map)."""
-    aval = jax.typeof(x)
-    manual = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10
-    axes: frozenset[str] = (
-        manual.varying if manual is not None else getattr(aval, "vma", frozenset())
-    )
-    return axes
-
-
-def _match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.Array]:
+def match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Inside ``shard_map``, mark each operand as varying along the other's varying axes.
 
     ``lax.dot_general`` does this implicitly. Here it is explicit and outside the custom rule, so
@@ -184,15 +175,13 @@ def _match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.
     per-device cotangents back to the replicated weight, the cross-device form of summing a
     broadcast operand's cotangent.
     """
-    lhs_axes, rhs_axes = _varying_axes(lhs), _varying_axes(rhs)
+    lhs_axes, rhs_axes = varying_axes(lhs), varying_axes(rhs)
     if lhs_axes == rhs_axes:
         return lhs, rhs
-    pcast = getattr(lax, "pcast", None)  # lax.pvary before JAX 0.8.2
-    cast = partial(pcast, to="varying") if pcast is not None else getattr(lax, "pvary")  # noqa: B009
     if rhs_axes - lhs_axes:
-        lhs = cast(lhs, tuple(sorted(rhs_axes - lhs_axes)))
+        lhs = cast_to_varying(lhs, tuple(sorted(rhs_axes - lhs_axes)))
     if lhs_axes - rhs_axes:
-        rhs = cast(rhs, tuple(sorted(lhs_axes - rhs_axes)))
+        rhs = cast_to_varying(rhs, tuple(sorted(lhs_axes - rhs_axes)))
     return lhs, rhs
 
 
@@ -335,23 +324,10 @@ def _dot_general_bwd(
             rhs_ct = rhs_cotangent(
                 cotangent, lhs, types.rhs, dimension_numbers, precision, preferred_element_type
             )
-    if _FIXED_BWD_TREE:
-        lhs_ct = _zeros_if_none(lhs_ct, types.lhs)
-        rhs_ct = _zeros_if_none(rhs_ct, types.rhs)
+    # (On JAX 0.8.0 and 0.8.1 an unwanted cotangent is zeros instead of None: _compat.)
+    lhs_ct = unwanted_cotangent_as_zeros(lhs_ct, types.lhs)
+    rhs_ct = unwanted_cotangent_as_zeros(rhs_ct, types.rhs)
     return lhs_ct, rhs_ct
-
-
-# JAX 0.8.0 and 0.8.1 require a custom_vjp's backward rule to return the same tree of
-# cotangents for every perturbation pattern it is traced with (later releases take None for any
-# operand): there, zeros stand in for an unwanted cotangent, and XLA drops them unused.
-_FIXED_BWD_TREE = jax.__version_info__ < (0, 8, 2)
-
-
-def _zeros_if_none(cotangent: jax.Array | None, operand_type: Any) -> jax.Array | None:
-    if cotangent is not None or not jax.numpy.issubdtype(operand_type.dtype, np.inexact):
-        return cotangent  # integer operands never get a cotangent: None in every pattern
-    sharding = None if operand_type.sharding.mesh.empty else operand_type.sharding
-    return lax.full(operand_type.shape, 0, operand_type.dtype, sharding=sharding)
 
 
 _dot_general.defvjp(_dot_general_fwd, _dot_general_bwd, symbolic_zeros=True)

@@ -1,13 +1,14 @@
-# VJPHiPrimitive declares its rules with *args; a subclass names its operands.
+# JAX's primitive class declares its rules with *args; a subclass names its operands.
 # pyright: reportIncompatibleMethodOverride=false
 """One JAX primitive for ``dot_general`` that carries every derivative rule written by hand.
 
 ``jax.custom_vjp`` (``_dot_general.py``) gives a function one hand-written rule, its VJP, and JAX
-refuses forward mode for it. A ``jax.experimental.hijax.VJPHiPrimitive`` carries a rule for each
-transformation: the VJP (``vjp_fwd`` / ``vjp_bwd_retval``), the JVP (``jvp``), the linearization
-(``lin`` / ``linearized``, for ``jax.linearize``), the transpose of its linear uses, a batching
-rule, a checkpointing rule and an ``expand`` into ``lax.dot_general`` for lowering. This module is
-that primitive; :mod:`jaxmm.experimental` puts the shared layout code in front of it.
+refuses forward mode for it. A JAX primitive (``jax.experimental.hijax.HiPrim``, called
+``VJPHiPrimitive`` before JAX 0.11.2; ``_compat.py``) carries a rule for each transformation:
+the VJP (``vjp_fwd`` / ``vjp_bwd_retval``), the JVP (``jvp``), the linearization (``lin`` /
+``linearized``, for ``jax.linearize``), the transpose of its linear uses, a batching rule, a
+checkpointing rule and an ``expand`` into ``lax.dot_general`` for lowering. This module is that
+primitive; :mod:`jaxmm.experimental` puts the shared layout code in front of it.
 
 The forward rule, derived
 -------------------------
@@ -70,8 +71,10 @@ from typing import Any
 import jax
 import numpy as np
 from jax import lax
-from jax.experimental.hijax import VJPHiPrimitive, Zero
+from jax.ad_checkpoint import Saveable
+from jax.experimental.hijax import Zero
 
+from ._compat import HiPrimitiveBase, RematRule, pin_saved_precision
 from ._residuals import ResidualFormat, load_operand, save_operand
 from ._rules import free_axes, lhs_cotangent, rhs_cotangent
 from ._typing import DotDimensionNumbers
@@ -101,7 +104,7 @@ def primitive_dot_general(
     return out
 
 
-class DotGeneral(VJPHiPrimitive):
+class DotGeneral(HiPrimitiveBase):
     """``Y[b, i, j] = Σ_c L[b, i, c] R[b, c, j]`` with hand-written rules for every transformation.
 
     Its parameters (static, hashable) are those of ``lax.dot_general`` plus the residual format;
@@ -145,9 +148,9 @@ class DotGeneral(VJPHiPrimitive):
             out_sharding=out_sharding,
             residual=residual,
         )
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()
 
-    # The attributes below are set from ``params`` by VJPHiPrimitive.__init__.
+    # The attributes below are set from ``params`` by JAX's primitive class.
     lhs_type: Any
     rhs_type: Any
     dimension_numbers: DotDimensionNumbers
@@ -322,12 +325,13 @@ class DotGeneral(VJPHiPrimitive):
         )
         return out, out_dim
 
-    def remat(self, policy: Any, lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, Any]:
-        """Under ``jax.checkpoint`` (JAX's ``remat3`` implementation): ask the policy about the
-        product as the ``dot_general`` it is, so that ``dots_saveable`` saves it and
-        ``nothing_saveable`` recomputes it, as for ``jnp``. (JAX's default implementation asks
-        the policy about the equations of the JVP, where the primal product is a
-        ``dot_general``; see ``jvp``.)"""
+    def remat_rule(self, policy: Any, lhs: jax.Array, rhs: jax.Array) -> RematRule:
+        """Under ``jax.checkpoint`` (JAX's ``jax_remat3`` implementation): ask the policy about
+        the product as the ``dot_general`` it is, so that ``dots_saveable`` saves it and
+        ``nothing_saveable`` recomputes it, as for ``jnp``. A saved product keeps its value and
+        is still differentiated through this primitive. (JAX's default implementation asks the
+        policy about the equations of the JVP, where the primal product is a ``dot_general``;
+        see ``jvp``.) An ``Offloadable`` decision recomputes the product."""
         out = self(lhs, rhs)
         lax_params = dict(
             dimension_numbers=self.dimension_numbers,
@@ -335,12 +339,13 @@ class DotGeneral(VJPHiPrimitive):
             preferred_element_type=self.preferred_element_type,
             out_sharding=self.out_sharding,
         )
-        saveable = policy is not None and policy(
+        decision = policy is not None and policy(
             lax.dot_general_p, self.lhs_type, self.rhs_type, **lax_params
         )
-        if saveable is True:
-            return out, lambda lhs, rhs: _saved_primal(out, self(lhs, rhs))
-        return out, self  # recompute
+        if decision is True or decision is Saveable:
+            saved = pin_saved_precision(out)
+            return saved, saved, lambda saved, lhs, rhs: _saved_primal(saved, self(lhs, rhs))
+        return out, (), lambda _, lhs, rhs: self(lhs, rhs)  # recompute
 
 
 def _inexact(x: jax.Array) -> bool:

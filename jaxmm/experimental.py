@@ -4,10 +4,10 @@
 ``jaxmm.matmul``, ``jaxmm.dot_general`` and ``jaxmm.einsum`` are ``jax.custom_vjp`` functions,
 for which JAX refuses forward mode. The functions here have the same signatures, results, dtypes,
 errors and options, and the same backward rules, but are built on one primitive
-(``jax.experimental.hijax.VJPHiPrimitive``) that also carries a hand-derived JVP,
-``dY = dL·R + L·dR`` (derivation in ``jaxmm/_primitive.py``), a batching rule, a transpose rule
-and a checkpointing rule. The primitive API is experimental in JAX, and so is this module: it
-needs JAX 0.10.2 or newer.
+(``jax.experimental.hijax.HiPrim``, called ``VJPHiPrimitive`` before JAX 0.11.2) that also
+carries a hand-derived JVP, ``dY = dL·R + L·dR`` (derivation in ``jaxmm/_primitive.py``), a
+batching rule, a transpose rule and a checkpointing rule. The primitive API is experimental in
+JAX, and so is this module: it needs JAX 0.10.2 or newer.
 
 For ``Y = W X``::
 
@@ -30,14 +30,10 @@ from typing import Any
 
 import jax
 
-try:
-    from jax.experimental.hijax import VJPHiPrimitive as _VJPHiPrimitive  # noqa: F401
-except ImportError as error:  # pragma: no cover - depends on the installed JAX
-    raise ImportError(
-        "jaxmm.experimental needs jax.experimental.hijax.VJPHiPrimitive, which JAX "
-        f"{jax.__version__} does not have: install JAX 0.10.2 or newer (jaxmm's default "
-        "functions, jaxmm.matmul / dot_general / einsum, work without it)."
-    ) from error
+from ._compat import HIJAX_BASE, HIJAX_MISSING
+
+if HIJAX_BASE is None:  # pragma: no cover - depends on the installed JAX
+    raise ImportError(HIJAX_MISSING.format(version=jax.__version__))
 
 from ._dot_general import apply_dot_general
 from ._einsum import OptimizeLike, apply_einsum, num_operands

@@ -48,22 +48,36 @@ def saved_arrays(vjp) -> list:
 
 def sub_jaxprs(params) -> list:
     """The jaxprs nested in an equation's parameters (jit, cond, custom rules), as
-    ``jax.extend.core.jaxprs_in_params`` gives them on the JAX versions that have it."""
+    ``jax.extend.core.jaxprs_in_params`` gives them on the JAX versions that have it. A JAX
+    primitive of the hijax kind (``jaxmm.experimental``'s, or every ``custom_vjp`` under JAX's
+    ``jax_custom_vjp3``) keeps its jaxprs in its own parameters, as traced functions."""
     found = []
     for value in params.values():
         for item in value if isinstance(value, (list, tuple)) else [value]:
+            item = getattr(item, "jaxpr", item)  # a traced function (jax.stages.Traced)
             if isinstance(item, jax.extend.core.ClosedJaxpr):
                 found.append(item.jaxpr)
             elif isinstance(item, jax.extend.core.Jaxpr):
                 found.append(item)
+            elif isinstance(getattr(item, "params", None), dict):  # a hijax primitive
+                found.extend(sub_jaxprs(item.params))
     return found
 
 
+def custom_vjp_calls(jaxpr) -> int:
+    """How many ``custom_vjp`` applications a jaxpr holds, nested ones included: equations
+    ``custom_vjp_call``, or under JAX's ``jax_custom_vjp3`` (where each ``custom_vjp`` is a
+    hijax primitive) ``CustomVJPTraced``."""
+    return primitive_names(jaxpr).count("custom_vjp_call")
+
+
 def primitive_names(jaxpr) -> list[str]:
-    """Every primitive of a jaxpr, nested jaxprs (jit, cond, custom rules) included."""
+    """Every primitive of a jaxpr, nested jaxprs (jit, cond, custom rules) included; a
+    ``custom_vjp`` application is ``custom_vjp_call`` whichever way JAX represents it."""
     names = []
     for eqn in jaxpr.eqns:
-        names.append(eqn.primitive.name)
+        custom_vjp3 = type(eqn.params.get("_prim")).__name__ == "CustomVJPTraced"
+        names.append("custom_vjp_call" if custom_vjp3 else eqn.primitive.name)
         for sub in sub_jaxprs(eqn.params):
             names.extend(primitive_names(sub))
     return names

@@ -6,15 +6,12 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from jaxmm._compat import HIJAX_BASE
+
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 # The derivation's forward-mode sections run jaxmm.experimental, which needs JAX's hijax primitives.
-try:
-    from jax.experimental.hijax import VJPHiPrimitive  # noqa: F401
-except ImportError:
-    HAS_HIJAX = False
-else:
-    HAS_HIJAX = True
+HAS_HIJAX = HIJAX_BASE is not None
 NEEDS_HIJAX = {"01_derivation.ipynb"}
 
 

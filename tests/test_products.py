@@ -7,7 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import ALL_DTYPES, assert_close, assert_same_vjp, random_array, x64_context
+from reference import (
+    ALL_DTYPES,
+    assert_close,
+    assert_same_vjp,
+    random_array,
+    x64_context,
+)
 
 import jaxmm
 from jaxmm.testing import check_structure, check_vjp

@@ -135,7 +135,8 @@ BENCHMARK_CASES = _benchmark.shapes(_benchmark.SQUARE_SIZES)
 def test_benchmark_step_compiles_to_the_references_program(case):
     """Every case of ``python -m jaxmm``'s benchmark: the jitted forward+backward step has the
     reference's dots and FLOPs and no extra op, except, where jaxmm deliberately transposes the
-    saved operand for the rhs product on CPU, that one transpose (a single fused op)."""
+    saved operand for the rhs product on CPU, that transposed copy (one fused transpose, which
+    XLA from jaxlib 0.12 on emits as a layout change followed by a copy)."""
     _, m, k, n = case
     a, b, cotangent = jnp.ones((m, k)), jnp.ones((k, n)), jnp.ones((m, n))
     ours = _benchmark._step(jaxmm.matmul).lower(a, b, cotangent).compile()
@@ -147,8 +148,9 @@ def test_benchmark_step_compiles_to_the_references_program(case):
     r_first = jax.default_backend() == "cpu" and low <= 2 * m * k * n <= high
     extra = _entry_ops(ours) - _entry_ops(theirs)
     assert not _entry_ops(theirs) - _entry_ops(ours)
-    if r_first:  # one fused transpose of a (m, k) into (k, m)
-        assert extra == Counter({("fusion(kLoop)", f"f32[{k},{m}]"): 1})
+    if r_first:  # the copy of a (m, k) transposed into (k, m), and nothing else
+        assert set(extra) == {("fusion(kLoop)", f"f32[{k},{m}]")}
+        assert 1 <= sum(extra.values()) <= 2
         assert _transposes_and_copies(ours) > _transposes_and_copies(theirs)
     else:
         assert not extra
