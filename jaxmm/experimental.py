@@ -124,7 +124,7 @@ def matmul(
 
 @named("jaxmm.experimental.einsum")
 def einsum(
-    subscripts: str,
+    subscripts: str | ArrayLike,
     /,
     *operands: ArrayLike,
     out: None = None,

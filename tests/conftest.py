@@ -1,6 +1,7 @@
 import os
 
 import jax
+import numpy as np
 import pytest
 
 # tests/multidevice needs 8 devices and runs in its own process (test_multidevice.py); the
@@ -34,23 +35,31 @@ def pytest_addoption(parser):
     )
 
 
-def _value_key(value):
-    """A parameter value as a hashable key (dtypes, shapes, names; objects by identity)."""
-    try:
-        hash(value)
-    except TypeError:
-        return repr(value)
-    return value
+def pytest_configure(config):
+    # Read by the property tests: how many examples hypothesis draws (tests/test_properties.py).
+    os.environ["JAXMM_FULL_TIER"] = "1" if config.getoption("--full") else ""
+
+
+# How many distinct table cases (shapes, dimension numbers: tuples and other objects) of each
+# parametrized test the default tier runs; named values (functions, dtypes, transformations,
+# policies: strings, numbers, dtypes, types) are each run at least once, whatever the cap.
+CASES_PER_TEST = 1
+
+
+def _named(value) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, type, np.dtype))
 
 
 def pytest_collection_modifyitems(config, items):
-    """The default tier: for each parametrized test, the cases in table order that bring a value
-    of some parameter (a function, a dtype, a transformation, a shape case) not seen yet; the
-    cross product of the tables runs with ``--full``. Every function, dtype and transformation
-    of a table is thereby still run once, in a few minutes instead of the full tier's many."""
+    """The default tier: for each parametrized test, the cases in table order that bring a named
+    value not run yet (a function, a dtype, a transformation) or one of the first
+    ``CASES_PER_TEST`` distinct table cases; tests marked ``full`` and the rest of the cross
+    product run with ``--full``. Every function, dtype and transformation of a table is thereby
+    still run, in a few minutes instead of the full tier's many."""
     if config.getoption("--full"):
         return
-    seen: dict[str, set] = {}
+    named_seen: dict[str, set] = {}
+    cases_seen: dict[str, list] = {}
     kept, deselected = [], []
     for item in items:
         if item.get_closest_marker("full"):
@@ -60,13 +69,18 @@ def pytest_collection_modifyitems(config, items):
         if callspec is None:
             kept.append(item)
             continue
-        values = {(name, _value_key(value)) for name, value in callspec.params.items()}
-        function_seen = seen.setdefault(item.nodeid.split("[")[0], set())
-        if values <= function_seen:
-            deselected.append(item)
-        else:
-            function_seen |= values
+        test = item.nodeid.split("[")[0]
+        named = {(k, v) for k, v in callspec.params.items() if _named(v)}
+        cases = [repr(v) for v in callspec.params.values() if not _named(v)]
+        new_named = named - named_seen.setdefault(test, set())
+        seen_cases = cases_seen.setdefault(test, [])
+        new_cases = [c for c in cases if c not in seen_cases]
+        if new_named or (new_cases and len(seen_cases) < CASES_PER_TEST):
+            named_seen[test] |= named
+            seen_cases.extend(new_cases)
             kept.append(item)
+        else:
+            deselected.append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
@@ -74,6 +88,4 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def rng():
-    import numpy as np
-
     return np.random.default_rng(0)

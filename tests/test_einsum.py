@@ -343,8 +343,13 @@ def test_einsum_refuses_bad_input_like_jnp(subscripts, shapes, fragments):
 def test_einsum_refuses_what_jnp_refuses_too():
     with pytest.raises(NotImplementedError):
         jaxmm.einsum("ij->ji", jnp.ones((2, 2)), out=jnp.ones((2, 2)))
-    with pytest.raises(TypeError, match="string"):
-        jaxmm.einsum(3, jnp.ones(2))
+    # Not a string: the operand/sublist form, whose malformed lists get jnp's own errors.
+    for malformed in [(3, jnp.ones(2)), (jnp.ones((2, 2)), ["a", 1]), (jnp.ones(2), [[0]])]:
+        with pytest.raises(TypeError) as theirs:
+            jnp.einsum(*malformed)
+        with pytest.raises(TypeError) as ours:
+            jaxmm.einsum(*malformed)
+        assert str(ours.value) == str(theirs.value)
     with pytest.raises(TypeError, match="list"):
         jaxmm.einsum("i,i->", [1.0, 2.0], jnp.ones(2))
 

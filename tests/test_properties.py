@@ -1,6 +1,8 @@
 """Property-based cross-checks: shapes, broadcasting patterns, dimension numbers and dtypes drawn
 at random, each compared with jax.vjp of jnp.matmul / lax.dot_general."""
 
+import os
+
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings
@@ -10,7 +12,8 @@ from reference import ALL_DTYPES, assert_same_vjp, random_array, x64_context
 
 import jaxmm
 
-EXAMPLES = 200  # per property; two properties: several hundred drawn cases per run
+# Per property: several hundred drawn cases in the full tier (pytest --full), a few by default.
+EXAMPLES = 200 if os.environ.get("JAXMM_FULL_TIER") else 20
 
 dtypes = st.sampled_from(ALL_DTYPES)
 # Mostly small sizes, sometimes 0 (empty) or 1 (degenerate axes).
