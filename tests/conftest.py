@@ -1,4 +1,5 @@
 import os
+from types import ModuleType
 
 import jax
 import numpy as np
@@ -42,12 +43,12 @@ def pytest_configure(config):
 
 # How many distinct table cases (shapes, dimension numbers: tuples and other objects) of each
 # parametrized test the default tier runs; named values (functions, dtypes, transformations,
-# policies: strings, numbers, dtypes, types) are each run at least once, whatever the cap.
+# policies, mechanisms: strings, numbers, dtypes, types, modules) are each run at least once, whatever the cap.
 CASES_PER_TEST = 1
 
 
 def _named(value) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool, type, np.dtype))
+    return value is None or isinstance(value, (str, int, float, bool, type, np.dtype, ModuleType))
 
 
 def pytest_collection_modifyitems(config, items):

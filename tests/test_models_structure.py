@@ -285,3 +285,63 @@ def test_scanned_model_compiles_to_jnps_program(kind, monkeypatch):
     assert _dots(ours) == _dots(theirs)
     assert ours.cost_analysis()["flops"] <= theirs.cost_analysis()["flops"]
     assert ours.memory_analysis().temp_size_in_bytes <= theirs.memory_analysis().temp_size_in_bytes
+
+
+# Flax: linen nn.scan, and nnx layers stacked with nnx.vmap and run by lax.scan ----------------
+
+
+def _linen_scanned(dot_general):
+    from flax import linen as nn
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, h, _):
+            dense = nn.Dense(D, dot_general=dot_general) if dot_general else nn.Dense(D)
+            return jnp.tanh(dense(h)), None
+
+    return nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=4)()
+
+
+@pytest.mark.parametrize("lib", [lib for _, lib in MECHANISMS], ids=[m for m, _ in MECHANISMS])
+def test_linen_scan_keeps_what_jnp_keeps(lib):
+    x = jax.random.normal(jax.random.key(3), (6, D))
+    ours, theirs = _linen_scanned(lib.dot_general), _linen_scanned(None)
+    params = theirs.init(jax.random.key(0), x, None)
+    loss = lambda model: lambda params, x: jnp.sum(model.apply(params, x, None)[0] ** 2)
+    assert _saved(loss(ours), params, x) == _saved(loss(theirs), params, x)
+    grad = lambda model: jax.jit(jax.grad(loss(model)))
+    jax.tree.map(assert_close, grad(ours)(params, x), grad(theirs)(params, x))
+
+
+@pytest.mark.parametrize("lib", [lib for _, lib in MECHANISMS], ids=[m for m, _ in MECHANISMS])
+def test_nnx_vmapped_layers_under_scan_keep_what_jnp_keeps(lib):
+    from flax import nnx
+
+    def stack(dot_general):
+        @nnx.vmap(in_axes=0, out_axes=0)
+        def create(key):
+            extra = {"dot_general": dot_general} if dot_general else {}
+            return nnx.Linear(D, D, rngs=nnx.Rngs(key), **extra)
+
+        return create(jax.random.split(jax.random.key(0), 4))
+
+    def loss(layers):
+        graphdef, state = nnx.split(layers)
+
+        def run(state, x):
+            def body(h, layer_state):
+                return jnp.tanh(nnx.merge(graphdef, layer_state)(h)), None
+
+            return jnp.sum(lax.scan(body, x, state)[0] ** 2)
+
+        return run, state
+
+    x = jax.random.normal(jax.random.key(3), (6, D))
+    (ours, state), (theirs, _) = loss(stack(lib.dot_general)), loss(stack(None))
+    assert _saved(ours, state, x) == _saved(theirs, state, x)
+    assert any(
+        "from the argument" in line and f"[4,{D},{D}]" in line for line in _saved(ours, state, x)
+    )
+    jax.tree.map(
+        assert_close, jax.jit(jax.grad(ours))(state, x), jax.jit(jax.grad(theirs))(state, x)
+    )
