@@ -43,7 +43,8 @@ def pytest_configure(config):
 
 # How many distinct table cases (shapes, dimension numbers: tuples and other objects) of each
 # parametrized test the default tier runs; named values (functions, dtypes, transformations,
-# policies, mechanisms: strings, numbers, dtypes, types, modules) are each run at least once, whatever the cap.
+# policies, mechanisms: strings, numbers, dtypes, types, modules) are each run at least once,
+# whatever the cap.
 CASES_PER_TEST = 1
 
 
