@@ -90,3 +90,26 @@ def test_shard_map_data_parallel_step():
     x_host, w_host = np.asarray(x), np.asarray(w)
     full = jax.grad(lambda w: jnp.mean(jnp.tanh(x_host @ w) ** 2))(w_host)
     np.testing.assert_allclose(grad, full, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("spmd_axis_name", [None, "data"])
+def test_nested_vmap_over_an_explicit_mesh_axis_with_spmd_axis_name(spmd_axis_name):
+    """Per-token products mapped over a sharded batch (spmd_axis_name names its mesh axis): the
+    values, gradients and their shardings are jnp's."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    rng = np.random.default_rng(5)
+    x_host = rng.standard_normal((8, 3, 6), dtype=np.float32)
+    w_host = rng.standard_normal((6, 5), dtype=np.float32)
+
+    def loss(mm):
+        per_token = jax.vmap(lambda v, w: mm(v, w), (0, None))
+        mapped = jax.vmap(per_token, (0, None), spmd_axis_name=spmd_axis_name)
+        return jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(mapped(x, w))), (0, 1)))
+
+    with jax.set_mesh(mesh):
+        x = jax.device_put(x_host, jax.sharding.NamedSharding(mesh, P("data")))
+        w = jax.device_put(w_host, jax.sharding.NamedSharding(mesh, P()))
+        ours, theirs = loss(jaxmm.matmul)(x, w), loss(jnp.matmul)(x, w)
+        for actual, expected in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+            np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+            assert actual.sharding.is_equivalent_to(expected.sharding, actual.ndim)
