@@ -92,11 +92,13 @@ def test_shard_map_data_parallel_step():
     np.testing.assert_allclose(grad, full, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("spmd_axis_name", [None, "data"])
-def test_nested_vmap_over_an_explicit_mesh_axis_with_spmd_axis_name(spmd_axis_name):
-    """Per-token products mapped over a sharded batch (spmd_axis_name names its mesh axis): the
-    values, gradients and their shardings are jnp's."""
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+@pytest.mark.parametrize(
+    "axis_type, spmd_axis_name", [(AxisType.Explicit, None), (AxisType.Auto, "data")]
+)
+def test_nested_vmap_over_a_sharded_batch(axis_type, spmd_axis_name):
+    """Per-token products mapped over a sharded batch (an Explicit mesh axis, or an Auto one named
+    by spmd_axis_name): the values, gradients and their shardings are jnp's."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
     rng = np.random.default_rng(5)
     x_host = rng.standard_normal((8, 3, 6), dtype=np.float32)
     w_host = rng.standard_normal((6, 5), dtype=np.float32)
