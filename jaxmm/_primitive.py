@@ -64,7 +64,6 @@ product keeps, in a position known from the dimension numbers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -76,7 +75,7 @@ from jax.experimental.hijax import Zero
 
 from ._compat import HiPrimitiveBase, RematRule, pin_saved_precision
 from ._residuals import ResidualFormat, load_operand, save_operand
-from ._rules import free_axes, lhs_cotangent, rhs_cotangent
+from ._rules import batched_dimension_numbers, batched_sharding, lhs_cotangent, rhs_cotangent
 from ._typing import DotDimensionNumbers
 
 
@@ -304,24 +303,15 @@ class DotGeneral(HiPrimitiveBase):
         lhs_dim, rhs_dim = dims
         if lhs_dim is None and rhs_dim is None:  # vmap of jvp calls this for unbatched values
             return self(lhs, rhs), None
-        (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = self.dimension_numbers
-        lhs_contract, lhs_batch = _shift(lhs_contract, lhs_dim), _shift(lhs_batch, lhs_dim)
-        rhs_contract, rhs_batch = _shift(rhs_contract, rhs_dim), _shift(rhs_batch, rhs_dim)
-        lhs_free = free_axes(lhs.ndim, lhs_contract, lhs_batch)
-        if lhs_dim is not None and rhs_dim is not None:
-            # One more batch pair, the last: the product emits it after the others.
-            out_dim = len(lhs_batch)
-            lhs_batch, rhs_batch = (*lhs_batch, lhs_dim), (*rhs_batch, rhs_dim)
-        elif lhs_dim is not None:  # a free axis of L, among L's free axes in increasing order
-            out_dim = len(lhs_batch) + lhs_free.index(lhs_dim)
-        else:
-            rhs_free = free_axes(rhs.ndim, rhs_contract, rhs_batch)
-            out_dim = len(lhs_batch) + len(lhs_free) + rhs_free.index(rhs_dim)
+        # A mapped axis of one operand is a free axis of it, of both a batch pair (_rules).
+        dimension_numbers, out_dim = batched_dimension_numbers(
+            self.dimension_numbers, lhs.ndim, rhs.ndim, lhs_dim, rhs_dim
+        )
         out = self._product(
             lhs,
             rhs,
-            ((lhs_contract, rhs_contract), (lhs_batch, rhs_batch)),
-            _batched_sharding(self.out_sharding, out_dim, axis_data),
+            dimension_numbers,
+            batched_sharding(self.out_sharding, out_dim, axis_data),
         )
         return out, out_dim
 
@@ -356,25 +346,6 @@ def _is_accumulator(x: Any) -> bool:
     """A transpose rule receives a linear operand as JAX's gradient accumulator (it has
     ``accum``), a non-linear one as an array."""
     return not isinstance(x, jax.Array) and hasattr(x, "accum")
-
-
-def _shift(axes: Sequence[int], inserted: int | None) -> tuple[int, ...]:
-    """Axis indices after inserting an axis at ``inserted``."""
-    if inserted is None:
-        return tuple(axes)
-    return tuple(axis + (axis >= inserted) for axis in axes)
-
-
-def _batched_sharding(sharding: Any, out_dim: int, axis_data: Any) -> Any:
-    """The result sharding with the vmapped axis inserted (sharded along the vmap's mesh axis,
-    if it has one)."""
-    if sharding is None:
-        return None
-    spec = tuple(sharding.spec)
-    spec += (None,) * (out_dim - len(spec))  # a spec may leave trailing axes out
-    mesh_axis = getattr(axis_data, "explicit_mesh_axis", None)
-    spec = (*spec[:out_dim], mesh_axis, *spec[out_dim:])
-    return sharding.update(spec=jax.sharding.PartitionSpec(*spec))
 
 
 @jax.custom_jvp

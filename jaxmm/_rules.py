@@ -153,3 +153,50 @@ def _cast_like(cotangent: jax.Array, primal_type: Any) -> jax.Array:
     if cotangent.dtype != primal_type.dtype:
         cotangent = lax.convert_element_type(cotangent, primal_type.dtype)
     return cotangent
+
+
+def batched_dimension_numbers(
+    dimension_numbers: DotDimensionNumbers,
+    lhs_ndim: int,
+    rhs_ndim: int,
+    lhs_dim: int | None,
+    rhs_dim: int | None,
+) -> tuple[DotDimensionNumbers, int]:
+    """The dimension numbers of the product with a mapped axis at ``lhs_dim`` / ``rhs_dim``
+    (``None``: not mapped) of operands of rank ``lhs_ndim`` / ``rhs_ndim`` (mapped axes
+    included), and the mapped axis' position in the result (module docstring: a mapped axis of
+    one operand is a free axis of it, of both a new batch pair)."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    lhs_contract, lhs_batch = _shift(lhs_contract, lhs_dim), _shift(lhs_batch, lhs_dim)
+    rhs_contract, rhs_batch = _shift(rhs_contract, rhs_dim), _shift(rhs_batch, rhs_dim)
+    lhs_free = free_axes(lhs_ndim, lhs_contract, lhs_batch)
+    if lhs_dim is not None and rhs_dim is not None:
+        # One more batch pair, the last: the product emits it after the others.
+        out_dim = len(lhs_batch)
+        lhs_batch, rhs_batch = (*lhs_batch, lhs_dim), (*rhs_batch, rhs_dim)
+    elif lhs_dim is not None:  # a free axis of L, among L's free axes in increasing order
+        out_dim = len(lhs_batch) + lhs_free.index(lhs_dim)
+    else:
+        assert rhs_dim is not None
+        rhs_free = free_axes(rhs_ndim, rhs_contract, rhs_batch)
+        out_dim = len(lhs_batch) + len(lhs_free) + rhs_free.index(rhs_dim)
+    return ((lhs_contract, rhs_contract), (lhs_batch, rhs_batch)), out_dim
+
+
+def batched_sharding(sharding: Any, out_dim: int, axis_data: Any) -> Any:
+    """The result sharding with the mapped axis inserted at ``out_dim`` (sharded along the
+    vmap's mesh axis, ``spmd_axis_name``, if it has one)."""
+    if sharding is None:
+        return None
+    spec = tuple(sharding.spec)
+    spec += (None,) * (out_dim - len(spec))  # a spec may leave trailing axes out
+    mesh_axis = getattr(axis_data, "explicit_mesh_axis", None)
+    spec = (*spec[:out_dim], mesh_axis, *spec[out_dim:])
+    return sharding.update(spec=jax.sharding.PartitionSpec(*spec))
+
+
+def _shift(axes: Sequence[int], inserted: int | None) -> tuple[int, ...]:
+    """Axis indices after inserting an axis at ``inserted``."""
+    if inserted is None:
+        return tuple(axes)
+    return tuple(axis + (axis >= inserted) for axis in axes)
