@@ -1,5 +1,6 @@
-"""The backward rules of ``dot_general``, for any dimension numbers: the derivation and the two
-functions every mechanism of jaxmm computes its cotangents with.
+"""The rules of ``dot_general``, for any dimension numbers, that every mechanism of jaxmm shares:
+the backward rules (derived below) and the batching rule (a ``vmap``-ped axis of one operand is
+one more free axis of it, of both one more batch pair; see :mod:`jaxmm._bilinear`).
 
 The derivation, for any dimension numbers
 -----------------------------------------
