@@ -231,7 +231,7 @@ def _interleaved_ms(fns: list[Callable[[], Any]], repeats: int) -> list[float]:
 
 def steps(quick: bool = False) -> list[StepRow]:
     """Training-step (jit of grad) time and compiled temporaries, jaxmm exact against jnp."""
-    repeats = 5 if quick else 15
+    repeats = 5 if quick else 7
     cases: list[tuple[str, Callable[..., Callable[..., jax.Array]], Any, tuple[Any, ...]]] = []
     make_mlp, mlp_weights, mlp_data = model("MLP", quick)
     cases.append(
