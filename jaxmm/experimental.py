@@ -1,9 +1,10 @@
 """jaxmm's products as one JAX primitive: forward mode (``jax.jvp``, ``jax.jacfwd``,
 ``jax.linearize``) as well as reverse mode, each with a rule derived by hand.
 
-``jaxmm.matmul``, ``jaxmm.dot_general`` and ``jaxmm.einsum`` are ``jax.custom_vjp`` functions,
-for which JAX refuses forward mode. The functions here have the same signatures, results, dtypes,
-errors and options, and the same backward rules, but are built on one primitive
+``jaxmm.matmul``, ``jaxmm.dot_general`` and ``jaxmm.einsum`` support forward mode with their
+default options, but with ``residual_dtype`` they are ``jax.custom_vjp`` functions, for which JAX
+refuses it. The functions here have the same signatures, results, dtypes, errors and options,
+and the same backward rules, but are built on one primitive
 (``jax.experimental.hijax.HiPrim``, called ``VJPHiPrimitive`` before JAX 0.11.2) that also
 carries a hand-derived JVP, ``dY = dL·R + L·dR`` (derivation in ``jaxmm/_primitive.py``), a
 batching rule, a transpose rule and a checkpointing rule. The primitive API is experimental in
