@@ -4,8 +4,9 @@ For ``Y = W X`` with upstream gradient ``dY``: ``dX = Wáµ€ dY`` and ``dW = dY Xá
 ``jnp.matmul`` (vectors, batches, broadcasting), to ``lax.dot_general`` with any dimension numbers,
 to ``einsum`` with any number of operands and to the rest of NumPy's product family, each computed
 by one JAX primitive whose JVP, transpose and batching rules are written by hand (a
-``jax.custom_vjp`` function where the operands are saved narrowed, ``residual_dtype``); and the output layer's product with its softmax cross-entropy,
-``linear_cross_entropy``, differentiated in vocabulary chunks without ever holding the logits.
+``jax.custom_vjp`` function where the operands are saved narrowed, ``residual_dtype``); and the
+output layer's product with its softmax cross-entropy, ``linear_cross_entropy``, differentiated
+in vocabulary chunks without ever holding the logits.
 """
 
 from . import testing as testing
