@@ -107,6 +107,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _timed_section(report: Any, quick: bool) -> tuple[Any, Any]:
+    """Run one benchmark section's ``report``, print its table and how long it took, and return
+    its two lists of rows (for the JSON)."""
+    start = time.perf_counter()
+    first, second, table = report(quick=quick)
+    print(f"\n{table} ({time.perf_counter() - start:.0f} s)")
+    return first, second
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from . import _benchmark, _selfcheck
 
@@ -197,27 +206,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
     cross_entropy: dict[str, Any] = {}
-    if not args.no_benchmark:
-        from . import _cross_entropy_benchmark
-
-        start = time.perf_counter()
-        memory, timing, table = _cross_entropy_benchmark.report(quick=args.quick)
-        print(f"\n{table} ({time.perf_counter() - start:.0f} s)")
-        cross_entropy = {
-            "memory": [row.as_dict() for row in memory],
-            "time": timing.as_dict(),
-        }
-
     models: dict[str, Any] = {}
     if not args.no_benchmark:
-        from . import _models_benchmark
+        from . import _cross_entropy_benchmark, _models_benchmark
 
-        start = time.perf_counter()
-        memory_rows, step_rows, table = _models_benchmark.report(quick=args.quick)
-        print(f"\n{table} ({time.perf_counter() - start:.0f} s)")
+        memory, timing = _timed_section(_cross_entropy_benchmark.report, args.quick)
+        cross_entropy = {"memory": [r.as_dict() for r in memory], "time": timing.as_dict()}
+        memory_rows, step_rows = _timed_section(_models_benchmark.report, args.quick)
         models = {
-            "memory": [row.as_dict() for row in memory_rows],
-            "steps": [row.as_dict() for row in step_rows],
+            "memory": [r.as_dict() for r in memory_rows],
+            "steps": [r.as_dict() for r in step_rows],
         }
 
     if args.json:
