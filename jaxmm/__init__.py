@@ -16,12 +16,12 @@ from ._einsum import einsum as einsum
 from ._matmul import matmul as matmul
 from ._products import dot as dot
 from ._products import inner as inner
-from ._products import matvec as matvec
 from ._products import outer as outer
 from ._products import tensordot as tensordot
 from ._products import vdot as vdot
-from ._products import vecdot as vecdot
-from ._products import vecmat as vecmat
+from ._vectorized import matvec as matvec
+from ._vectorized import vecdot as vecdot
+from ._vectorized import vecmat as vecmat
 
 __version__ = "0.1.0"
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -46,28 +47,27 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from ._rules import batched_dimension_numbers, batched_sharding, lhs_cotangent, rhs_cotangent
-from ._typing import DotDimensionNumbers
+from ._options import Options
+from ._rules import (
+    batched_dimension_numbers,
+    batched_sharding,
+    check_linear_in_one,
+    lhs_cotangent,
+    rhs_cotangent,
+    tangent,
+)
+from ._typing import Dimensions
 
 dot_general_p = Primitive("jaxmm_dot_general")
 
 
 def bilinear_dot_general(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    dimension_numbers: DotDimensionNumbers,
-    precision: Any,
-    preferred_element_type: Any,
-    out_sharding: Any,
+    lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options
 ) -> jax.Array:
-    """``lax.dot_general`` of checked, canonical arguments as one ``jaxmm_dot_general``."""
+    """``lax.dot_general`` of checked, canonical arguments as one ``jaxmm_dot_general`` (its
+    parameters are ``lax.dot_general``'s; operands are saved as they are)."""
     out: jax.Array = dot_general_p.bind(
-        lhs,
-        rhs,
-        dimension_numbers=dimension_numbers,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        out_sharding=out_sharding,
+        lhs, rhs, dimension_numbers=dimensions, **options.lax_params()
     )
     return out
 
@@ -91,28 +91,17 @@ mlir.register_lowering(dot_general_p, mlir.lower_fun(_lax_dot_general, multiple_
 
 
 def _jvp(primals: Sequence[Any], tangents: Sequence[Any], **params: Any) -> tuple[Any, Any]:
-    # dY = dL·R + L·dR; a symbolic-zero tangent drops its term.
     lhs, rhs = primals
-    lhs_dot, rhs_dot = tangents
     out = _lax_dot_general(lhs, rhs, **params)
-    terms = []
-    if type(lhs_dot) is not ad.Zero:
-        terms.append(dot_general_p.bind(lhs_dot, rhs, **params))
-    if type(rhs_dot) is not ad.Zero:
-        terms.append(dot_general_p.bind(lhs, rhs_dot, **params))
-    if not terms:
-        return out, ad.Zero(jax.typeof(out).to_tangent_aval())
-    return out, terms[0] if len(terms) == 1 else lax.add(*terms)
+    lhs_dot, rhs_dot = (None if type(t) is ad.Zero else t for t in tangents)
+    out_dot = tangent(lhs, rhs, lhs_dot, rhs_dot, partial(dot_general_p.bind, **params))
+    return out, ad.Zero(jax.typeof(out).to_tangent_aval()) if out_dot is None else out_dot
 
 
 def _transpose(cotangent: Any, lhs: Any, rhs: Any, **params: Any) -> list[Any]:
     # The tangent products are linear in one operand each: dL·R in L, L·dR in R.
     lhs_linear, rhs_linear = ad.is_undefined_primal(lhs), ad.is_undefined_primal(rhs)
-    if lhs_linear == rhs_linear:
-        raise NotImplementedError(
-            "jaxmm's product is linear in one operand at a time; transposing it with respect to "
-            f"{'both' if lhs_linear else 'neither'} operands is not defined."
-        )
+    check_linear_in_one(lhs_linear, rhs_linear)
     linear = lhs if lhs_linear else rhs
     if type(cotangent) is ad.Zero:
         zero = ad.Zero(linear.aval.to_tangent_aval())

@@ -15,9 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DotDimensionNumbers = tuple[
-    tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]
-]
+from ._typing import Dimensions
 
 _SCALAR_TYPES = (bool, int, float, complex, np.generic)
 
@@ -47,7 +45,7 @@ def _as_dims(dims: Any, what: str) -> tuple[int, ...]:
         raise TypeError(f"dot_general {what} must be a sequence of ints, got {dims!r}.") from None
 
 
-def canonicalize_dimension_numbers(dimension_numbers: Any) -> DotDimensionNumbers:
+def canonicalize_dimension_numbers(dimension_numbers: Any) -> Dimensions:
     """``((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))`` as tuples of ints."""
     if dimension_numbers is None:
         raise TypeError(
@@ -93,7 +91,7 @@ def _check_operand_dims(
 
 
 def check_dot_general(
-    lhs_shape: Sequence[int], rhs_shape: Sequence[int], dimension_numbers: DotDimensionNumbers
+    lhs_shape: Sequence[int], rhs_shape: Sequence[int], dimension_numbers: Dimensions
 ) -> None:
     """Raise TypeError, as ``lax.dot_general`` does, unless the dimension numbers fit the shapes."""
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
@@ -122,33 +120,23 @@ def check_dot_general(
             )
 
 
-def canonicalize_preferred_element_type(dtype: Any) -> np.dtype[Any] | None:
-    """``None``, or the dtype JAX would compute in (float64 becomes float32 without x64)."""
-    if dtype is None:
-        return None
-    return jax.dtypes.canonicalize_dtype(np.dtype(dtype))
-
-
-def result_and_dot_dtypes(
-    a: jax.Array, b: jax.Array, preferred_element_type: Any
-) -> tuple[np.dtype[Any], np.dtype[Any] | None]:
-    """The dtype ``jnp.matmul``/``jnp.einsum`` return, and the preferred type to give the dot.
-
-    Operands already of the result dtype need no preferred type; passing none keeps a
-    weakly-typed result weak, as JAX's is.
-    """
+def result_dtype(arrays: Sequence[jax.Array], preferred_element_type: Any) -> np.dtype[Any]:
+    """The dtype ``jnp.matmul`` / ``jnp.einsum`` return: ``preferred_element_type`` (canonical,
+    :class:`~jaxmm._options.Options`) or the operands' promoted dtype."""
     if preferred_element_type is not None:
-        dtype = jax.dtypes.canonicalize_dtype(np.dtype(preferred_element_type))
-        return dtype, dtype
-    result_dtype = jax.dtypes.result_type(a, b)
-    return result_dtype, None if a.dtype == b.dtype == result_dtype else result_dtype
+        return preferred_element_type  # type: ignore[no-any-return]
+    return jax.dtypes.result_type(*arrays)
 
 
-def canonicalize_precision(precision: Any) -> Any:
-    """Lists become tuples, so that the precision can be a static (hashable) argument."""
-    if isinstance(precision, list):
-        return tuple(precision)
-    return precision
+def dot_dtype(
+    arrays: Sequence[jax.Array], result: np.dtype[Any], preferred_element_type: Any
+) -> np.dtype[Any] | None:
+    """The ``preferred_element_type`` to give one product of ``arrays`` computing a ``result``:
+    none for operands already of the result dtype (unless asked for), which keeps a weakly-typed
+    result weak, as JAX's is."""
+    if preferred_element_type is None and all(x.dtype == result for x in arrays):
+        return None
+    return result
 
 
 def linear_cross_entropy_arrays(

@@ -14,6 +14,8 @@ from typing import Any
 
 import jax
 
+from ._residuals import is_scaled
+
 
 # --- shard_map's varying axes (the default functions) -------------------------------------------
 #
@@ -57,6 +59,27 @@ def unwanted_cotangent_as_zeros(cotangent: jax.Array | None, operand_type: Any) 
         return None  # integer operands never get a cotangent: None in every pattern
     sharding = None if operand_type.sharding.mesh.empty else operand_type.sharding
     return jax.lax.full(operand_type.shape, 0, operand_type.dtype, sharding=sharding)
+
+
+# --- custom_vjp residuals of an operand not saved (the narrowed products) ----------------------
+#
+# Whether an operand is saved must be told by the residual *arrays*, not by static pytree data:
+# JAX (seen on 0.10.2) caches a custom_vjp's forward rule under jit per perturbation
+# pattern but keeps only the most recent residual tree structure, which then unflattens one
+# pattern's residuals with another's structure. So an operand nobody needs is stood in for by
+# empty arrays in the tree structure ``save_operand`` gives it, the first of rank one more than
+# the operand's (which tells it apart). Delete (and save ``None``) when JAX keys the residual tree
+# by perturbation pattern.
+def not_saved_marker(operand: jax.Array, residual: Any, side: str) -> Any:
+    """Empty arrays in the tree structure of ``save_operand(operand, residual, ..., side)``."""
+    marker = jax.numpy.zeros((0,) * (operand.ndim + 1), bool)
+    narrow = None if residual is None else residual.of(side)
+    return (marker, jax.numpy.zeros((0,), bool)) if is_scaled(operand.dtype, narrow) else marker
+
+
+def is_saved(saved: Any, operand_type: Any) -> bool:
+    """Whether ``saved`` is a saved operand rather than ``not_saved_marker``."""
+    return bool(jax.tree.leaves(saved)[0].ndim == operand_type.ndim)
 
 
 # --- The hijax primitive class of jaxmm.experimental --------------------------------------------

@@ -63,13 +63,13 @@ import numpy as np
 from jax import lax
 
 from ._checks import (
-    canonicalize_precision,
     linear_cross_entropy_arrays,
     linear_cross_entropy_options,
 )
 from ._compat import varying_axes
 from ._dot_general import match_varying_axes
 from ._mesh import lay_out, on_mesh, restore
+from ._options import Options
 from ._scope import named
 from ._typing import ArrayLike, PrecisionLike
 
@@ -150,7 +150,7 @@ def linear_cross_entropy(
         checked = linear_cross_entropy_options(
             reduction, label_smoothing, z_loss, logit_soft_cap, chunk_size
         )
-        options = _Options(*checked, precision=canonicalize_precision(precision))
+        options = _Options(*checked, precision=Options.of(precision).precision)
         loss: jax.Array = _checked_linear_cross_entropy(x, w, labels, mask, options)
         return loss
 

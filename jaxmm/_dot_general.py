@@ -8,34 +8,34 @@ product, that or the primitive of :mod:`jaxmm._bilinear`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import jax
-import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from ._bilinear import bilinear_dot_general
-from ._checks import (
-    as_array,
-    canonicalize_dimension_numbers,
-    canonicalize_precision,
-    canonicalize_preferred_element_type,
-    check_dot_general,
+from ._checks import as_array, canonicalize_dimension_numbers, check_dot_general
+from ._compat import (
+    cast_to_varying,
+    is_saved,
+    not_saved_marker,
+    unwanted_cotangent_as_zeros,
+    varying_axes,
 )
-from ._compat import cast_to_varying, unwanted_cotangent_as_zeros, varying_axes
-from ._residuals import (
-    ResidualFormat,
-    canonicalize_residual,
-    is_scaled,
-    load_operand,
-    save_operand,
-)
-from ._rules import lhs_cotangent, rhs_cotangent
+from ._options import Options, Product
+from ._residuals import load_operand, save_operand
+from ._rules import has_cotangent, lhs_cotangent, rhs_cotangent
 from ._scope import named
-from ._typing import ArrayLike, DotDimensionNumbers, DTypeLike, PrecisionLike
+from ._typing import (
+    ArrayLike,
+    Dimensions,
+    DotDimensionNumbers,
+    DTypeLike,
+    OutSharding,
+    PrecisionLike,
+)
 
 
 @named("jaxmm.dot_general")
@@ -46,7 +46,7 @@ def dot_general(
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
     *,
-    out_sharding: Any = None,
+    out_sharding: OutSharding = None,
     residual_dtype: DTypeLike | None = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
@@ -117,53 +117,37 @@ def dot_general(
         lhs,
         rhs,
         dimension_numbers,
-        precision,
-        preferred_element_type,
-        out_sharding,
-        canonicalize_residual(residual_dtype, residual_scaling),
+        Options.of(
+            precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
+        ),
     )
 
 
 def apply_dot_general(
-    product: Callable[..., jax.Array],
+    product: Product,
     lhs: ArrayLike,
     rhs: ArrayLike,
     dimension_numbers: DotDimensionNumbers,
-    precision: PrecisionLike,
-    preferred_element_type: DTypeLike | None,
-    out_sharding: Any,
-    residual: ResidualFormat | None,
+    options: Options,
 ) -> jax.Array:
-    """Check and canonicalize ``dot_general``'s arguments, then call
-    ``product(lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding,
-    residual_dtype)``: the one entry point of every differentiation mechanism (the
-    ``jax.custom_vjp`` here, the primitive of :mod:`jaxmm.experimental`)."""
+    """Check ``dot_general``'s arrays and dimension numbers against each other, then compute
+    ``product(lhs, rhs, dimension_numbers, options)``: the one entry point of every
+    differentiation mechanism (:func:`product` here, the hijax primitive of
+    :mod:`jaxmm.experimental`) and of every layout (``matmul``, ``einsum``, ...)."""
     lhs = as_array(lhs, "dot_general", 0)
     rhs = as_array(rhs, "dot_general", 1)
-    dimension_numbers = canonicalize_dimension_numbers(dimension_numbers)
-    check_dot_general(lhs.shape, rhs.shape, dimension_numbers)
-    result: jax.Array = _checked_dot_general(
-        lhs,
-        rhs,
-        dimension_numbers,
-        canonicalize_precision(precision),
-        canonicalize_preferred_element_type(preferred_element_type),
-        out_sharding,
-        residual,
-        product,
-    )
+    dimensions = canonicalize_dimension_numbers(dimension_numbers)
+    check_dot_general(lhs.shape, rhs.shape, dimensions)
+    result: jax.Array = _checked_dot_general(lhs, rhs, dimensions, options, product)
     return result
 
 
-# Compiled as one program when called un-jitted (as jnp's functions are), so that an eager
-# gradient runs a few cached executables instead of the custom rule op by op; inlined into the
-# caller's program when traced.
-@partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7), inline=True)
-def _checked_dot_general(lhs: jax.Array, rhs: jax.Array, *static: Any) -> jax.Array:
-    *options, product = static
+@partial(jax.jit, static_argnums=(2, 3, 4), inline=True)
+def _checked_dot_general(
+    lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options, product: Product
+) -> jax.Array:
     lhs, rhs = match_varying_axes(lhs, rhs)
-    result: jax.Array = product(lhs, rhs, *options)
-    return result
+    return product(lhs, rhs, dimensions, options)
 
 
 def match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -185,46 +169,69 @@ def match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.A
     return lhs, rhs
 
 
-def product(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    dimension_numbers: DotDimensionNumbers,
-    precision: PrecisionLike,
-    preferred_element_type: DTypeLike | None,
-    out_sharding: Any,
-    residual: ResidualFormat | None,
-) -> jax.Array:
+def product(lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options) -> jax.Array:
     """The product of :func:`dot_general`: operands saved as they are, by the primitive of
     :mod:`jaxmm._bilinear` (whose batching rule folds ``vmap``'s axes into the product, and whose
     residuals are JAX's own choice, as for ``jnp``); operands saved narrowed, by the
     ``jax.custom_vjp`` below, which chooses its residuals itself."""
-    if residual is None:
-        return bilinear_dot_general(
-            lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding
-        )
-    return _dot_general(
-        lhs, rhs, dimension_numbers, precision, preferred_element_type, out_sharding, residual
-    )
+    if options.residual is None:
+        return bilinear_dot_general(lhs, rhs, dimensions, options)
+    return _dot_general(lhs, rhs, dimensions, options)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+# Forward, then the forward rule (what it saves) and the backward rule (what it computes of it).
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _dot_general(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    dimension_numbers: DotDimensionNumbers,
-    precision: PrecisionLike,
-    preferred_element_type: DTypeLike | None,
-    out_sharding: Any,
-    residual: ResidualFormat | None,
+    lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options
 ) -> jax.Array:
-    return lax.dot_general(
-        lhs,
-        rhs,
-        dimension_numbers,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        out_sharding=out_sharding,
-    )
+    return lax.dot_general(lhs, rhs, dimensions, **options.lax_params())
+
+
+def _dot_general_fwd(
+    lhs_primal: Any, rhs_primal: Any, dimensions: Dimensions, options: Options
+) -> tuple[jax.Array, tuple[Any, Any, _Types]]:
+    # With ``symbolic_zeros=True`` each primal arrives wrapped with a ``perturbed`` flag: an operand
+    # that no derivative flows into (frozen weights, inputs) needs no cotangent, so its cotangent
+    # product is skipped, and the other operand is not saved for it.
+    # The plain primitive, not the custom_vjp function: jax.hessian differentiates this rule (and
+    # the bwd rule) forward, which JAX refuses for a custom_vjp function.
+    lhs, rhs = lhs_primal.value, rhs_primal.value
+    out = lax.dot_general(lhs, rhs, dimensions, **options.lax_params())
+    # dL needs R and dR needs L: the residuals are the two operands, each only if it is needed.
+    types = _Types(jax.typeof(lhs), jax.typeof(rhs))
+    lhs_wanted = lhs_primal.perturbed and has_cotangent(types.lhs)
+    rhs_wanted = rhs_primal.perturbed and has_cotangent(types.rhs)
+    saved = []
+    for side, operand, wanted in (("lhs", lhs, rhs_wanted), ("rhs", rhs, lhs_wanted)):
+        if wanted:
+            saved.append(save_operand(operand, options.residual, dimensions, side))
+        else:
+            saved.append(not_saved_marker(operand, options.residual, side))
+    return out, (saved[0], saved[1], types)
+
+
+def _dot_general_bwd(
+    dimensions: Dimensions,
+    options: Options,
+    residuals: tuple[Any, Any, _Types],
+    cotangent: Any,
+) -> tuple[jax.Array | None, jax.Array | None]:
+    saved_lhs, saved_rhs, types = residuals
+    lhs_ct = rhs_ct = None
+    rule = (dimensions, options.precision, options.preferred_element_type)
+    if not isinstance(cotangent, SymbolicZero):  # else Y does not reach the loss
+        if is_saved(saved_rhs, types.rhs):  # R was saved because L's cotangent is wanted
+            rhs = load_operand(saved_rhs, types.rhs)
+            lhs_ct = lhs_cotangent(cotangent, types.lhs, rhs, *rule)
+        if is_saved(saved_lhs, types.lhs):
+            lhs = load_operand(saved_lhs, types.lhs)
+            rhs_ct = rhs_cotangent(cotangent, lhs, types.rhs, *rule)
+    lhs_ct = unwanted_cotangent_as_zeros(lhs_ct, types.lhs)
+    rhs_ct = unwanted_cotangent_as_zeros(rhs_ct, types.rhs)
+    return lhs_ct, rhs_ct
+
+
+_dot_general.defvjp(_dot_general_fwd, _dot_general_bwd, symbolic_zeros=True)
 
 
 @jax.tree_util.register_static
@@ -234,100 +241,3 @@ class _Types:
 
     lhs: Any
     rhs: Any
-
-
-def _wanted(primal: Any) -> bool:
-    # Integer and boolean operands have no cotangent (JAX gives them float0 zeros).
-    return bool(primal.perturbed and jax.numpy.issubdtype(primal.value.dtype, np.inexact))
-
-
-def _not_saved(operand: jax.Array, residual: ResidualFormat | None, side: str) -> Any:
-    """What stands in the residuals for an operand nobody needs: empty arrays, in the tree
-    structure ``save_operand`` gives that operand, the first of rank one more than the operand's,
-    which tells it apart from the operand itself.
-
-    Whether an operand is saved is told by the residual *arrays*, not by static pytree data: the
-    residuals' tree structure must not depend on which operands are perturbed, because JAX
-    (0.10.2) caches a custom_vjp's forward rule under jit per perturbation pattern but keeps only
-    the most recent tree structure, which would unflatten one pattern's residuals with another's
-    structure.
-    """
-    marker = jax.numpy.zeros((0,) * (operand.ndim + 1), bool)
-    return (
-        (marker, jax.numpy.zeros((0,), bool))
-        if is_scaled(operand.dtype, None if residual is None else residual.of(side))
-        else marker
-    )
-
-
-def _is_saved(saved: Any, operand_type: Any) -> bool:
-    return bool(jax.tree.leaves(saved)[0].ndim == operand_type.ndim)
-
-
-def _dot_general_fwd(
-    lhs_primal: Any,
-    rhs_primal: Any,
-    dimension_numbers: DotDimensionNumbers,
-    precision: PrecisionLike,
-    preferred_element_type: DTypeLike | None,
-    out_sharding: Any,
-    residual: ResidualFormat | None,
-) -> tuple[jax.Array, tuple[Any, Any, _Types]]:
-    # With ``symbolic_zeros=True`` each primal arrives wrapped with a ``perturbed`` flag: an operand
-    # that no derivative flows into (frozen weights, inputs) needs no cotangent, so its cotangent
-    # product is skipped, and the other operand is not saved for it.
-    # The plain primitive, not the custom_vjp function: jax.hessian differentiates this rule (and
-    # the bwd rule) forward, which JAX refuses for a custom_vjp function.
-    lhs, rhs = lhs_primal.value, rhs_primal.value
-    out = lax.dot_general(
-        lhs,
-        rhs,
-        dimension_numbers,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        out_sharding=out_sharding,
-    )
-    # dL needs R and dR needs L: the residuals are the two operands, each only if it is needed.
-    # A per-channel scale runs along an operand's batch and contracting axes (_residuals).
-    types = _Types(jax.typeof(lhs), jax.typeof(rhs))
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-    if _wanted(rhs_primal):
-        saved_lhs = save_operand(lhs, residual, (*lhs_batch, *lhs_contract), "lhs")
-    else:
-        saved_lhs = _not_saved(lhs, residual, "lhs")
-    if _wanted(lhs_primal):
-        saved_rhs = save_operand(rhs, residual, (*rhs_batch, *rhs_contract), "rhs")
-    else:
-        saved_rhs = _not_saved(rhs, residual, "rhs")
-    return out, (saved_lhs, saved_rhs, types)
-
-
-def _dot_general_bwd(
-    dimension_numbers: DotDimensionNumbers,
-    precision: PrecisionLike,
-    preferred_element_type: DTypeLike | None,
-    out_sharding: Any,
-    residual: ResidualFormat | None,
-    residuals: tuple[Any, Any, _Types],
-    cotangent: Any,
-) -> tuple[jax.Array | None, jax.Array | None]:
-    saved_lhs, saved_rhs, types = residuals
-    lhs_ct = rhs_ct = None
-    if not isinstance(cotangent, SymbolicZero):  # else Y does not reach the loss
-        if _is_saved(saved_rhs, types.rhs):  # R was saved because L's cotangent is wanted
-            rhs = load_operand(saved_rhs, types.rhs)
-            lhs_ct = lhs_cotangent(
-                cotangent, types.lhs, rhs, dimension_numbers, precision, preferred_element_type
-            )
-        if _is_saved(saved_lhs, types.lhs):
-            lhs = load_operand(saved_lhs, types.lhs)
-            rhs_ct = rhs_cotangent(
-                cotangent, lhs, types.rhs, dimension_numbers, precision, preferred_element_type
-            )
-    # (On JAX 0.8.0 and 0.8.1 an unwanted cotangent is zeros instead of None: _compat.)
-    lhs_ct = unwanted_cotangent_as_zeros(lhs_ct, types.lhs)
-    rhs_ct = unwanted_cotangent_as_zeros(rhs_ct, types.rhs)
-    return lhs_ct, rhs_ct
-
-
-_dot_general.defvjp(_dot_general_fwd, _dot_general_bwd, symbolic_zeros=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import functools
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -30,15 +30,11 @@ import numpy as np
 import opt_einsum  # type: ignore[import-untyped]  # (jnp.einsum's own path finder)
 from jax import lax
 
-from ._checks import (
-    as_array,
-    canonicalize_precision,
-    canonicalize_preferred_element_type,
-)
+from ._checks import as_array, dot_dtype, result_dtype
 from ._dot_general import apply_dot_general, product
-from ._residuals import ResidualFormat, canonicalize_residual
+from ._options import Options, Product
 from ._scope import named
-from ._typing import ArrayLike, DTypeLike, PrecisionLike
+from ._typing import ArrayLike, DTypeLike, OutSharding, PrecisionLike
 
 OptimizeLike = bool | str | list[tuple[int, ...]]
 Letters = tuple[str, ...]  # one index letter per axis
@@ -55,7 +51,7 @@ def einsum(
     optimize: OptimizeLike = "auto",
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
-    out_sharding: Any = None,
+    out_sharding: OutSharding = None,
     residual_dtype: DTypeLike | None = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
@@ -105,36 +101,28 @@ def einsum(
       >>> jaxmm.einsum(x, [0, 1], w, [1, 2], [0, 2]).shape  # the sublist form
       (2, 4)
     """
-    return apply_einsum(
-        product,
-        subscripts,
-        operands,
+    if out is not None:
+        raise NotImplementedError("The 'out' argument to jaxmm.einsum is not supported.")
+    opts = Options.of(
         precision,
         preferred_element_type,
         out_sharding,
-        canonicalize_residual(residual_dtype, residual_scaling, num_operands(subscripts, operands)),
-        optimize=optimize,
-        out=out,
+        residual_dtype,
+        residual_scaling,
+        num_operands(subscripts, operands),
     )
+    return apply_einsum(product, subscripts, operands, optimize, opts)
 
 
 def apply_einsum(
-    dot_general: Callable[..., jax.Array],
+    product: Product,
     subscripts: str | ArrayLike,
     operands: tuple[Any, ...],
-    precision: PrecisionLike,
-    preferred_element_type: DTypeLike | None,
-    out_sharding: Any,
-    residual: ResidualFormat | None,
-    *,
-    optimize: OptimizeLike = "auto",
-    out: None = None,
+    optimize: OptimizeLike,
+    options: Options,
 ) -> jax.Array:
-    """``einsum`` with every contraction computed by ``dot_general`` (a function with the
-    signature of :func:`jaxmm.dot_general`): the one parser, path and layout plan of every
-    differentiation mechanism."""
-    if out is not None:
-        raise NotImplementedError("The 'out' argument to jaxmm.einsum is not supported.")
+    """``einsum`` with every contraction computed by ``product``: the one parser, path and layout
+    plan of every differentiation mechanism."""
     if not isinstance(subscripts, str):
         # jnp.einsum's operand/sublist form, einsum(x, [0, 1], y, [1, 2], [0, 2]): the same
         # parser as jnp's (opt_einsum's) turns it into subscripts, with the same errors.
@@ -145,17 +133,7 @@ def apply_einsum(
     letters, out_letters = _parse(subscripts, shapes)
     _check_sizes(subscripts, letters, shapes)
     steps = _path(letters, out_letters, shapes, optimize)
-    result: jax.Array = _einsum(
-        arrays,
-        letters,
-        out_letters,
-        steps,
-        canonicalize_precision(precision),
-        canonicalize_preferred_element_type(preferred_element_type),
-        out_sharding,
-        residual,
-        dot_general,
-    )
+    result: jax.Array = _einsum(arrays, letters, out_letters, steps, options, product)
     return result
 
 
@@ -165,97 +143,76 @@ def num_operands(subscripts: Any, operands: tuple[Any, ...]) -> int:
 
 
 # One compiled program when called un-jitted, inlined when traced (see ``_matmul``).
-@partial(jax.jit, static_argnums=tuple(range(1, 9)), inline=True)
+@partial(jax.jit, static_argnums=(1, 2, 3, 4, 5), inline=True)
 def _einsum(
     arrays: tuple[jax.Array, ...],
     letters: tuple[Letters, ...],
     out_letters: Letters,
     steps: tuple[Step, ...],
-    precision: Any,
-    preferred_element_type: Any,
-    out_sharding: Any,
-    residual: ResidualFormat | None,
-    dot_general: Callable[..., jax.Array],
+    options: Options,
+    product: Product,
 ) -> jax.Array:
     # As jnp.einsum: every product accumulates in the promoted dtype of all the operands (or
     # the preferred one), and a sum within one operand is taken in it.
-    if preferred_element_type is None:
-        result_dtype = jax.dtypes.result_type(*arrays)
-    else:
-        result_dtype = preferred_element_type
-    terms = list(zip(arrays, letters))
-    # What each term is saved in when it is an operand of a product: the caller's operands as
-    # residual_dtype says, the intermediate results as ResidualFormat.intermediate says.
-    narrow: list[Any] = list(residual.dtypes) if residual else [None] * len(arrays)
+    result = result_dtype(arrays, options.preferred_element_type)
+    # Each term: (array, letters, the dtype it is saved in when it is an operand of a product):
+    # the caller's operands as residual_dtype says, intermediate results as
+    # ResidualFormat.intermediate says.
+    residual = options.residual
+    narrow = residual.dtypes if residual else (None,) * len(arrays)
     intermediate = residual.intermediate() if residual else None
+    terms = list(zip(arrays, letters, narrow))
     for number, (positions, kept) in enumerate(steps):
         last = number == len(steps) - 1
-        wanted = out_letters if last else kept
         if len(positions) == 1:
-            x, x_letters = terms.pop(positions[0])
-            narrow.pop(positions[0])
-            terms.append(_reduce(x, x_letters, kept, result_dtype))
-            narrow.append(intermediate)
-        else:
-            # The earlier operand is the lhs: for two operands, dot_general(a, b) as written.
-            (a, a_letters), (b, b_letters) = (terms[i] for i in sorted(positions))
-            a_narrow, b_narrow = (narrow[i] for i in sorted(positions))
-            for i in sorted(positions, reverse=True):
-                terms.pop(i)
-                narrow.pop(i)
-            narrow.append(intermediate)
-            terms.append(
-                _contract(
-                    a,
-                    a_letters,
-                    b,
-                    b_letters,
-                    wanted,
-                    result_dtype,
-                    preferred_element_type,
-                    precision,
-                    out_sharding if last else None,
-                    residual and residual.pair(a_narrow, b_narrow),
-                    dot_general,
-                )
-            )
-    ((x, x_letters),) = terms
+            x, x_letters, _ = terms.pop(positions[0])
+            terms.append((*_reduce(x, x_letters, kept, result), intermediate))
+            continue
+        # The earlier operand is the lhs: for two operands, dot_general(a, b) as written.
+        a, b = (terms[i] for i in sorted(positions))
+        for i in sorted(positions, reverse=True):
+            terms.pop(i)
+        step_options = options.replace(
+            out_sharding=options.out_sharding if last else None,
+            residual=residual and residual.pair(a[2], b[2]),
+        )
+        wanted = out_letters if last else kept
+        y, y_letters = _contract(a[:2], b[:2], wanted, result, step_options, product)
+        terms.append((y, y_letters, intermediate))
+    ((x, x_letters, _),) = terms
     permutation = tuple(x_letters.index(c) for c in out_letters)
     if permutation != tuple(range(len(permutation))):
         x = lax.transpose(x, permutation)
-    if out_sharding is not None and len(steps[-1][0]) == 1:  # no product took the sharding
-        x = jax.sharding.reshard(x, out_sharding)
-    if x.dtype != result_dtype:
-        x = lax.convert_element_type(x, result_dtype)
-    return x
+    if options.out_sharding is not None and len(steps[-1][0]) == 1:  # no product took it
+        x = jax.sharding.reshard(x, options.out_sharding)
+    return x if x.dtype == result else lax.convert_element_type(x, result)
 
 
 def _contract(
-    a: jax.Array,
-    a_letters: Letters,
-    b: jax.Array,
-    b_letters: Letters,
+    a_term: tuple[jax.Array, Letters],
+    b_term: tuple[jax.Array, Letters],
     wanted: Letters,
-    result_dtype: Any,
-    preferred_element_type: Any,
-    precision: Any,
-    out_sharding: Any,
-    residual: ResidualFormat | None,
-    dot_general: Callable[..., jax.Array],
+    result: np.dtype[Any],
+    options: Options,
+    product: Product,
 ) -> tuple[jax.Array, Letters]:
     """One pairwise contraction: ``a`` and ``b`` reduced to the indices the other or ``wanted``
-    needs, then one ``dot_general``. Returns the product and its letters."""
+    needs, then one ``dot_general`` accumulating in the einsum's ``result`` dtype, sharded as
+    ``options.out_sharding`` (given in ``wanted``'s order). Returns the product and its
+    letters."""
+    (a, a_letters), (b, b_letters) = a_term, b_term
     # A shared index of size 1 in one operand broadcasts against the other (as in jnp.einsum):
     # drop it from the size-1 side, where it is constant, and it becomes the other's own index.
     a, a_letters = _squeeze_broadcast(a, a_letters, b.shape, b_letters)
     b, b_letters = _squeeze_broadcast(b, b_letters, a.shape, a_letters)
-    a, a_letters = _reduce(a, a_letters, (*b_letters, *wanted), result_dtype)
-    b, b_letters = _reduce(b, b_letters, (*a_letters, *wanted), result_dtype)
+    a, a_letters = _reduce(a, a_letters, (*b_letters, *wanted), result)
+    b, b_letters = _reduce(b, b_letters, (*a_letters, *wanted), result)
 
     batch = [c for c in a_letters if c in b_letters and c in wanted]
     contract = [c for c in a_letters if c in b_letters and c not in wanted]
     a_free = [c for c in a_letters if c not in b_letters]
     b_free = [c for c in b_letters if c not in a_letters]
+    residual = options.residual
     # dot_general emits (batch, lhs free, rhs free): with the operands swapped the result may
     # already be in the wanted order, and no transpose is needed (as jnp.einsum tries).
     if [*batch, *a_free, *b_free] != list(wanted) == [*batch, *b_free, *a_free]:
@@ -265,19 +222,14 @@ def _contract(
         (tuple(a_letters.index(c) for c in contract), tuple(b_letters.index(c) for c in contract)),
         (tuple(a_letters.index(c) for c in batch), tuple(b_letters.index(c) for c in batch)),
     )
-    plain = preferred_element_type is None and a.dtype == b.dtype == result_dtype
     product_letters = (*batch, *a_free, *b_free)
-    product = apply_dot_general(
-        dot_general,
-        a,
-        b,
-        dimension_numbers,
-        precision,
-        None if plain else result_dtype,  # None keeps a weakly-typed result weak
-        _permuted_sharding(out_sharding, product_letters, wanted),
-        residual,
+    product_options = options.replace(
+        preferred_element_type=dot_dtype((a, b), result, options.preferred_element_type),
+        out_sharding=_permuted_sharding(options.out_sharding, product_letters, wanted),
+        residual=residual,
     )
-    return product, product_letters
+    y = apply_dot_general(product, a, b, dimension_numbers, product_options)
+    return y, product_letters
 
 
 def _permuted_sharding(out_sharding: Any, product_letters: Letters, wanted: Letters) -> Any:

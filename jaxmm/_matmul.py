@@ -31,7 +31,6 @@ re-inserting the squeezed size-1 axes restores its rank.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -39,17 +38,11 @@ import jax
 import numpy as np
 from jax import lax
 
-from ._checks import (
-    as_array,
-    canonicalize_precision,
-    canonicalize_preferred_element_type,
-    result_and_dot_dtypes,
-)
-from ._dot_general import apply_dot_general
-from ._dot_general import product as default_product
-from ._residuals import ResidualFormat, canonicalize_residual
+from ._checks import as_array, dot_dtype, result_dtype
+from ._dot_general import apply_dot_general, product
+from ._options import Options, Product
 from ._scope import named
-from ._typing import ArrayLike, DTypeLike, PrecisionLike
+from ._typing import ArrayLike, DTypeLike, OutSharding, PrecisionLike
 
 
 @named("jaxmm.matmul")
@@ -59,7 +52,7 @@ def matmul(
     *,
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
-    out_sharding: Any = None,
+    out_sharding: OutSharding = None,
     residual_dtype: DTypeLike | None = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
@@ -101,52 +94,28 @@ def matmul(
              [6., 6.]], dtype=float32)
     """
     return apply_matmul(
-        default_product,
+        product,
         a,
         b,
-        precision,
-        preferred_element_type,
-        out_sharding,
-        canonicalize_residual(residual_dtype, residual_scaling),
+        Options.of(
+            precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
+        ),
     )
 
 
-def apply_matmul(
-    dot_general: Callable[..., jax.Array],
-    a: ArrayLike,
-    b: ArrayLike,
-    precision: PrecisionLike,
-    preferred_element_type: DTypeLike | None,
-    out_sharding: Any,
-    residual: ResidualFormat | None,
-) -> jax.Array:
-    """``matmul`` with every product computed by ``dot_general`` (a function with the signature
-    of :func:`jaxmm.dot_general`): the one layout plan of every differentiation mechanism."""
-    product: jax.Array = _matmul(
-        as_array(a, "matmul", 0),
-        as_array(b, "matmul", 1),
-        canonicalize_precision(precision),
-        canonicalize_preferred_element_type(preferred_element_type),
-        out_sharding,
-        residual,
-        dot_general,
-    )
-    return product
+def apply_matmul(product: Product, a: ArrayLike, b: ArrayLike, options: Options) -> jax.Array:
+    """``matmul`` with every product computed by ``product`` (a :data:`~jaxmm._options.Product`):
+    the one layout plan of every differentiation mechanism, and of ``matvec``, ``vecmat`` and
+    ``vecdot``."""
+    out: jax.Array = _matmul(as_array(a, "matmul", 0), as_array(b, "matmul", 1), options, product)
+    return out
 
 
 # Compiled as one program when called un-jitted (as jnp.matmul is), and inlined into the caller's
 # program when traced: the layout plan and the custom rule's bookkeeping cost Python time once per
 # signature, not once per call.
-@partial(jax.jit, static_argnums=(2, 3, 4, 5, 6), inline=True)
-def _matmul(
-    a: jax.Array,
-    b: jax.Array,
-    precision: PrecisionLike,
-    preferred_element_type: DTypeLike | None,
-    out_sharding: Any,
-    residual: ResidualFormat | None,
-    dot_general: Callable[..., jax.Array],
-) -> jax.Array:
+@partial(jax.jit, static_argnums=(2, 3), inline=True)
+def _matmul(a: jax.Array, b: jax.Array, options: Options, product: Product) -> jax.Array:
     for position, operand in enumerate((a, b)):
         if operand.ndim < 1:
             raise ValueError(
@@ -162,7 +131,7 @@ def _matmul(
             f"b of shape {b.shape} has {b_inner} rows."
         )
 
-    result_dtype, dot_dtype = result_and_dot_dtypes(a, b, preferred_element_type)
+    result = result_dtype((a, b), options.preferred_element_type)
 
     # Classify each broadcast batch position (right-aligned, as in NumPy).
     a_batch_shape = a.shape[:-2] if a_is_matrix else ()
@@ -217,25 +186,22 @@ def _matmul(
 
     a = lax.squeeze(a, a_squeeze) if a_squeeze else a
     b = lax.squeeze(b, b_squeeze) if b_squeeze else b
-    product = apply_dot_general(
-        dot_general,
+    y = apply_dot_general(
+        product,
         a,
         b,
         (((a.ndim - 1,), (b.ndim - 1 - b_is_matrix,)), (tuple(a_batch), tuple(b_batch))),
-        precision,
-        dot_dtype,
-        out_sharding,
-        residual,
+        options.replace(
+            preferred_element_type=dot_dtype((a, b), result, options.preferred_element_type)
+        ),
     )
     # dot_general emits (batch, a free, b free); put each axis at its broadcast position.
     permutation = tuple(int(p) for p in np.argsort(out_batch + out_a_free + out_b_free))
-    if permutation != tuple(range(product.ndim)):
-        product = lax.transpose(product, permutation)
+    if permutation != tuple(range(y.ndim)):
+        y = lax.transpose(y, permutation)
     if both_squeeze:
-        product = lax.expand_dims(product, both_squeeze)
-    if product.dtype != result_dtype:
-        product = lax.convert_element_type(product, result_dtype)
-    return product
+        y = lax.expand_dims(y, both_squeeze)
+    return y if y.dtype == result else lax.convert_element_type(y, result)
 
 
 def _batch_specs(x: jax.Array, is_matrix: bool, num_batch: int) -> tuple[Any, ...]:

@@ -10,52 +10,9 @@ the VJP (``vjp_fwd`` / ``vjp_bwd_retval``), the JVP (``jvp``), the linearization
 checkpointing rule and an ``expand`` into ``lax.dot_general`` for lowering. This module is that
 primitive; :mod:`jaxmm.experimental` puts the shared layout code in front of it.
 
-The forward rule, derived
--------------------------
-With one multi-index per kind of axis, as in ``_dot_general.py``,
-
-    Y[b, i, j] = Σ_c L[b, i, c] · R[b, c, j].
-
-Move ``L`` by ``ε·dL`` and ``R`` by ``ε·dR``. Each term of the sum is a product of one entry of
-``L`` and one of ``R``, so
-
-    (L + ε dL)[b, i, c] · (R + ε dR)[b, c, j]
-        = L[b, i, c] R[b, c, j] + ε (dL[b, i, c] R[b, c, j] + L[b, i, c] dR[b, c, j])
-          + ε² dL[b, i, c] dR[b, c, j],
-
-and the first-order term, summed over ``c``, is the directional derivative (the product rule;
-``Y`` is bilinear, so nothing else survives ``ε → 0``):
-
-    dY[b, i, j] = Σ_c dL[b, i, c] R[b, c, j] + Σ_c L[b, i, c] dR[b, c, j].
-
-Each sum is the primal's ``dot_general`` with the primal's dimension numbers, of a tangent with
-the other operand (for ``Y = L R``: ``dY = dL R + L dR``). A symbolic-zero tangent (an operand
-nobody differentiates with respect to) drops its term, and no product is computed for it. Both
-tangent products are this primitive again, so differentiating a JVP in reverse mode (``jax.grad``
-of a function that calls ``jax.jvp``, ``jax.jacrev(jax.jacfwd(f))``) runs the hand-written
-backward rules once more.
-
-Transposing the forward rule gives the backward rules
-----------------------------------------------------
-For fixed primals the JVP is linear in the tangents. Its transpose maps an output cotangent
-``dY`` to the input cotangents ``(L̄, R̄)`` with
-``⟨dY, dL·R + L·dR⟩ = ⟨L̄, dL⟩ + ⟨R̄, dR⟩`` for every ``dL``, ``dR``. Write the left side out:
-
-    Σ_{b,i,j} dY[b, i, j] (Σ_c dL[b, i, c] R[b, c, j] + Σ_c L[b, i, c] dR[b, c, j])
-      = Σ_{b,i,c} dL[b, i, c] (Σ_j dY[b, i, j] R[b, c, j])
-      + Σ_{b,c,j} dR[b, c, j] (Σ_i dY[b, i, j] L[b, i, c]),
-
-reading off the coefficients of ``dL`` and ``dR``:
-
-    L̄[b, i, c] = Σ_j dY[b, i, j] R[b, c, j]      (2-D: L̄ = dY Rᵀ)
-    R̄[b, c, j] = Σ_i dY[b, i, j] L[b, i, c]      (2-D: R̄ = Lᵀ dY)
-
-which are exactly the backward rules derived from the chain rule in ``_dot_general.py`` (the same
-functions, ``lhs_cotangent`` and ``rhs_cotangent``, compute them here). The seed's mnemonic seen
-from the other side: in ``dY = dL·R`` replace each tangent by its cotangent and move ``R`` to the
-other side transposed, ``L̄ = dY·Rᵀ``. So the transpose rule of the linear tangent products is the
-backward rule, ``vjp_bwd_retval`` is the transposed JVP evaluated at the saved operands, and no
-rule is obtained from JAX's autodiff.
+The rules it carries are derived in :mod:`jaxmm._rules` (the backward rule from the chain rule,
+the forward rule from the product rule, and the backward rule again as the forward rule's
+transpose); this class gives each to JAX under the name JAX asks for it.
 
 Batching (``vmap``) needs no new product: a batch axis of both operands becomes one more pair of
 ``dot_general`` batch axes, and a batch axis of one operand is one more free axis of it, which the
@@ -68,37 +25,31 @@ from functools import partial
 from typing import Any
 
 import jax
-import numpy as np
 from jax import lax
 from jax.ad_checkpoint import Saveable
 from jax.experimental.hijax import Zero
 
 from ._compat import HiPrimitiveBase, RematRule, pin_saved_precision
-from ._residuals import ResidualFormat, load_operand, save_operand
-from ._rules import batched_dimension_numbers, batched_sharding, lhs_cotangent, rhs_cotangent
-from ._typing import DotDimensionNumbers
+from ._options import Options
+from ._residuals import load_operand, save_operand
+from ._rules import (
+    batched_dimension_numbers,
+    batched_sharding,
+    check_linear_in_one,
+    has_cotangent,
+    lhs_cotangent,
+    rhs_cotangent,
+    tangent,
+)
+from ._typing import Dimensions
 
 
-def primitive_dot_general(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    dimension_numbers: DotDimensionNumbers,
-    precision: Any,
-    preferred_element_type: Any,
-    out_sharding: Any,
-    residual: ResidualFormat | None,
+def primitive_product(
+    lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options
 ) -> jax.Array:
     """``lax.dot_general`` of checked, canonical arguments as one :class:`DotGeneral` primitive:
-    the ``product`` that ``apply_dot_general`` calls for :mod:`jaxmm.experimental`."""
-    primitive = DotGeneral(
-        jax.typeof(lhs),
-        jax.typeof(rhs),
-        dimension_numbers,
-        precision,
-        preferred_element_type,
-        out_sharding,
-        residual,
-    )
+    the product that ``apply_dot_general`` calls for :mod:`jaxmm.experimental`."""
+    primitive = DotGeneral(jax.typeof(lhs), jax.typeof(rhs), dimensions, options)
     out: jax.Array = primitive(lhs, rhs)
     return out
 
@@ -106,119 +57,73 @@ def primitive_dot_general(
 class DotGeneral(HiPrimitiveBase):
     """``Y[b, i, j] = Σ_c L[b, i, c] R[b, c, j]`` with hand-written rules for every transformation.
 
-    Its parameters (static, hashable) are those of ``lax.dot_general`` plus the residual format;
-    the operand types are parameters too, so that two products of different shapes are never
-    taken for the same primitive.
+    Its parameters (static, hashable) are the dimension numbers and the options; the operand
+    types are parameters too, so that two products of different shapes are never taken for the
+    same primitive.
     """
 
-    def __init__(
-        self,
-        lhs_type: Any,
-        rhs_type: Any,
-        dimension_numbers: DotDimensionNumbers,
-        precision: Any,
-        preferred_element_type: Any,
-        out_sharding: Any,
-        residual: ResidualFormat | None,
-    ):
+    def __init__(self, lhs_type: Any, rhs_type: Any, dimensions: Dimensions, options: Options):
         self.in_avals = (lhs_type, rhs_type)
         # The result type of lax.dot_general itself (shape, dtype, weak type, and the sharding
         # and shard_map varying axes of the operands), so that the primitive is typed as the
         # product it stands for.
-        self.out_aval = jax.typeof(
-            jax.eval_shape(
-                partial(
-                    lax.dot_general,
-                    dimension_numbers=dimension_numbers,
-                    precision=precision,
-                    preferred_element_type=preferred_element_type,
-                    out_sharding=out_sharding,
-                ),
-                lhs_type,
-                rhs_type,
-            )
-        )
+        product = partial(lax.dot_general, dimension_numbers=dimensions, **options.lax_params())
+        self.out_aval = jax.typeof(jax.eval_shape(product, lhs_type, rhs_type))
         self.params = dict(
-            lhs_type=lhs_type,
-            rhs_type=rhs_type,
-            dimension_numbers=dimension_numbers,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-            out_sharding=out_sharding,
-            residual=residual,
+            lhs_type=lhs_type, rhs_type=rhs_type, dimensions=dimensions, options=options
         )
         super().__init__()
 
     # The attributes below are set from ``params`` by JAX's primitive class.
     lhs_type: Any
     rhs_type: Any
-    dimension_numbers: DotDimensionNumbers
-    precision: Any
-    preferred_element_type: Any
-    out_sharding: Any
-    residual: ResidualFormat | None
+    dimensions: Dimensions
+    options: Options
 
-    def expand(
-        self, lhs: jax.Array, rhs: jax.Array
-    ) -> jax.Array:  # how the primitive lowers: the product itself
-        return lax.dot_general(
-            lhs,
-            rhs,
-            self.dimension_numbers,
-            precision=self.precision,
-            preferred_element_type=self.preferred_element_type,
-            out_sharding=self.out_sharding,
-        )
+    def expand(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+        """How the primitive lowers: the product itself."""
+        return lax.dot_general(lhs, rhs, self.dimensions, **self.options.lax_params())
 
-    def _product(
-        self,
-        lhs: jax.Array,
-        rhs: jax.Array,
-        dimension_numbers: DotDimensionNumbers | None = None,
-        out_sharding: Any = None,
-    ) -> jax.Array:
-        """The same product (this primitive again) of other operands: tangents, batched."""
-        return primitive_dot_general(
-            lhs,
-            rhs,
-            dimension_numbers or self.dimension_numbers,
-            self.precision,
-            self.preferred_element_type,
-            out_sharding or self.out_sharding,
-            self.residual,
-        )
+    def _product(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+        """The same product (this primitive again) of other operands: the tangent products."""
+        return primitive_product(lhs, rhs, self.dimensions, self.options)
 
     def _cotangents(
         self, cotangent: jax.Array, lhs: jax.Array | None, rhs: jax.Array | None
     ) -> tuple[jax.Array | None, jax.Array | None]:
         """``(L̄, R̄)``; ``None`` for an operand whose cotangent is not wanted (its partner was not
         given). Precision and preferred type reach the backward products too."""
-        options = (self.dimension_numbers, self.precision, self.preferred_element_type)
+        rule = (self.dimensions, self.options.precision, self.options.preferred_element_type)
         lhs_ct = rhs_ct = None
         if rhs is not None:
-            lhs_ct = lhs_cotangent(cotangent, self.lhs_type, rhs, *options)
+            lhs_ct = lhs_cotangent(cotangent, self.lhs_type, rhs, *rule)
         if lhs is not None:
-            rhs_ct = rhs_cotangent(cotangent, lhs, self.rhs_type, *options)
+            rhs_ct = rhs_cotangent(cotangent, lhs, self.rhs_type, *rule)
         return lhs_ct, rhs_ct
 
     def _save(self, operand: jax.Array, side: str) -> Any:
-        """``save_operand`` of the ``side`` operand: a per-channel scale runs along its batch and
-        contracting axes (_residuals)."""
-        (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = self.dimension_numbers
-        if side == "lhs":
-            return save_operand(operand, self.residual, (*lhs_batch, *lhs_contract), side)
-        return save_operand(operand, self.residual, (*rhs_batch, *rhs_contract), side)
+        return save_operand(operand, self.options.residual, self.dimensions, side)
 
-    # Reverse mode: L̄ needs R and R̄ needs L, so each operand is saved only if the other one's
-    # cotangent is wanted (nzs_in says which operands are differentiated). Integer and boolean
-    # operands have no cotangent.
-    def vjp_fwd(
-        self, nzs_in: tuple[bool, bool], lhs: jax.Array, rhs: jax.Array
+    def _load(self, saved: Any, side: str) -> jax.Array | None:
+        return None if saved is None else load_operand(saved, getattr(self, f"{side}_type"))
+
+    # Reverse mode, and jax.linearize (the forward rule split in two): L̄ and L·dR need R, R̄ and
+    # dL·R need L, so each operand is saved only if the other one is differentiated (``nzs_in``)
+    # and, for reverse mode, has a cotangent (integer and boolean operands have none).
+    def _saved(
+        self, wanted: tuple[bool, bool], lhs: jax.Array, rhs: jax.Array
     ) -> tuple[jax.Array, tuple[Any, Any]]:
-        lhs_wanted, rhs_wanted = (nz and _inexact(x) for nz, x in zip(nzs_in, (lhs, rhs)))
+        lhs_wanted, rhs_wanted = wanted
         saved_lhs = self._save(lhs, "lhs") if rhs_wanted else None
         saved_rhs = self._save(rhs, "rhs") if lhs_wanted else None
         return self(lhs, rhs), (saved_lhs, saved_rhs)
+
+    def vjp_fwd(
+        self, nzs_in: tuple[bool, bool], lhs: jax.Array, rhs: jax.Array
+    ) -> tuple[jax.Array, tuple[Any, Any]]:
+        lhs_wanted, rhs_wanted = nzs_in
+        wanted = (lhs_wanted and has_cotangent(lhs), rhs_wanted and has_cotangent(rhs))
+        return self._saved(wanted, lhs, rhs)
 
     def vjp_bwd_retval(
         self, residuals: tuple[Any, Any], cotangent: Any
@@ -226,9 +131,19 @@ class DotGeneral(HiPrimitiveBase):
         if isinstance(cotangent, Zero):  # Y does not reach the loss: nothing to propagate
             return None, None
         saved_lhs, saved_rhs = residuals
-        lhs = None if saved_lhs is None else load_operand(saved_lhs, self.lhs_type)
-        rhs = None if saved_rhs is None else load_operand(saved_rhs, self.rhs_type)
-        return self._cotangents(cotangent, lhs, rhs)
+        return self._cotangents(
+            cotangent, self._load(saved_lhs, "lhs"), self._load(saved_rhs, "rhs")
+        )
+
+    def lin(
+        self, nzs_in: tuple[bool, bool], lhs: jax.Array, rhs: jax.Array
+    ) -> tuple[jax.Array, tuple[Any, Any]]:
+        return self._saved(nzs_in, lhs, rhs)
+
+    def linearized(self, residuals: tuple[Any, Any], lhs_dot: Any, rhs_dot: Any) -> Any:
+        saved_lhs, saved_rhs = residuals
+        lhs, rhs = self._load(saved_lhs, "lhs"), self._load(saved_rhs, "rhs")
+        return self._tangent(lhs, rhs, lhs_dot, rhs_dot)
 
     # Forward mode: dY = dL·R + L·dR.
     def jvp(self, primals: tuple[jax.Array, jax.Array], tangents: tuple[Any, Any]) -> Any:
@@ -243,52 +158,27 @@ class DotGeneral(HiPrimitiveBase):
         # jax.checkpoint asks its policy about each equation of this rule's output. The primal
         # is the plain product (what the primitive expands to), so that dots_saveable sees a
         # dot_general and saves it exactly when it saves jnp's. (Without residual_dtype it reads
-        # the named operands, which are the operands themselves: nothing is saved twice.) JAX's
-        # default jax.checkpoint never asks the primitive's own `remat` rule, and sees the
-        # primitive only as `call_hi_primitive` (tests/test_experimental_limits.py). The cost:
-        # differentiating this primal output again (jvp of jvp) uses JAX's dot_general rules,
-        # which give the same numbers; tangents are this primitive, with jaxmm's rules.
-        if self.residual is None:
+        # the operands themselves: nothing is saved twice.) JAX's default jax.checkpoint never
+        # asks the primitive's own `remat` rule, and sees the primitive only as
+        # `call_hi_primitive` (tests/test_experimental_limits.py). The cost: differentiating
+        # this primal output again (jvp of jvp) uses JAX's dot_general rules, which give the
+        # same numbers; tangents are this primitive, with jaxmm's rules.
+        if self.options.residual is None:
             lhs, rhs = lhs_read, rhs_read
         return self.expand(lhs, rhs), self._tangent(lhs_read, rhs_read, *tangents)
 
     def _tangent(self, lhs: Any, rhs: Any, lhs_dot: Any, rhs_dot: Any) -> Any:
-        terms = []
-        if not isinstance(lhs_dot, Zero):
-            terms.append(self._product(lhs_dot, rhs))
-        if not isinstance(rhs_dot, Zero):
-            terms.append(self._product(lhs, rhs_dot))
-        if not terms:
-            return Zero(self.out_aval.to_tangent_aval())
-        return terms[0] if len(terms) == 1 else lax.add(*terms)
-
-    # jax.linearize: the forward rule split in two. The residuals are the operands the tangent
-    # products need, R for dL·R and L for L·dR, saved as for the backward pass.
-    def lin(
-        self, nzs_in: tuple[bool, bool], lhs: jax.Array, rhs: jax.Array
-    ) -> tuple[jax.Array, tuple[Any, Any]]:
-        lhs_nz, rhs_nz = nzs_in
-        saved_lhs = self._save(lhs, "lhs") if rhs_nz else None
-        saved_rhs = self._save(rhs, "rhs") if lhs_nz else None
-        return self(lhs, rhs), (saved_lhs, saved_rhs)
-
-    def linearized(self, residuals: tuple[Any, Any], lhs_dot: Any, rhs_dot: Any) -> Any:
-        saved_lhs, saved_rhs = residuals
-        lhs = None if saved_lhs is None else load_operand(saved_lhs, self.lhs_type)
-        rhs = None if saved_rhs is None else load_operand(saved_rhs, self.rhs_type)
-        return self._tangent(lhs, rhs, lhs_dot, rhs_dot)
+        lhs_dot, rhs_dot = (None if isinstance(t, Zero) else t for t in (lhs_dot, rhs_dot))
+        out_dot = tangent(lhs, rhs, lhs_dot, rhs_dot, self._product)
+        return Zero(self.out_aval.to_tangent_aval()) if out_dot is None else out_dot
 
     # The transpose of a use that is linear in one operand (the tangent products above, when
     # jax.grad differentiates through jax.checkpoint, lax.scan or a linearized function): the
-    # backward rule, derived in the module docstring. The linear operand arrives as JAX's
-    # cotangent accumulator, the other as a value.
+    # backward rule (_rules). The linear operand arrives as JAX's cotangent accumulator, the
+    # other as a value.
     def transpose(self, cotangent: Any, lhs: Any, rhs: Any) -> None:
         lhs_linear, rhs_linear = (_is_accumulator(x) for x in (lhs, rhs))
-        if lhs_linear == rhs_linear:
-            raise NotImplementedError(
-                "jaxmm's product is linear in one operand at a time; transposing it with respect "
-                f"to {'both' if lhs_linear else 'neither'} operands is not defined."
-            )
+        check_linear_in_one(lhs_linear, rhs_linear)
         if isinstance(cotangent, Zero):
             return
         lhs_ct, rhs_ct = self._cotangents(
@@ -304,16 +194,12 @@ class DotGeneral(HiPrimitiveBase):
         if lhs_dim is None and rhs_dim is None:  # vmap of jvp calls this for unbatched values
             return self(lhs, rhs), None
         # A mapped axis of one operand is a free axis of it, of both a batch pair (_rules).
-        dimension_numbers, out_dim = batched_dimension_numbers(
-            self.dimension_numbers, lhs.ndim, rhs.ndim, lhs_dim, rhs_dim
+        dimensions, out_dim = batched_dimension_numbers(
+            self.dimensions, lhs.ndim, rhs.ndim, lhs_dim, rhs_dim
         )
-        out = self._product(
-            lhs,
-            rhs,
-            dimension_numbers,
-            batched_sharding(self.out_sharding, out_dim, axis_data),
-        )
-        return out, out_dim
+        sharding = batched_sharding(self.options.out_sharding, out_dim, axis_data)
+        options = self.options.replace(out_sharding=sharding)
+        return primitive_product(lhs, rhs, dimensions, options), out_dim
 
     def remat_rule(self, policy: Any, lhs: jax.Array, rhs: jax.Array) -> RematRule:
         """Under ``jax.checkpoint`` (JAX's ``jax_remat3`` implementation): ask the policy about
@@ -323,12 +209,7 @@ class DotGeneral(HiPrimitiveBase):
         policy about the equations of the JVP, where the primal product is a ``dot_general``;
         see ``jvp``.) An ``Offloadable`` decision recomputes the product."""
         out = self(lhs, rhs)
-        lax_params = dict(
-            dimension_numbers=self.dimension_numbers,
-            precision=self.precision,
-            preferred_element_type=self.preferred_element_type,
-            out_sharding=self.out_sharding,
-        )
+        lax_params = dict(dimension_numbers=self.dimensions, **self.options.lax_params())
         decision = policy is not None and policy(
             lax.dot_general_p, self.lhs_type, self.rhs_type, **lax_params
         )
@@ -336,10 +217,6 @@ class DotGeneral(HiPrimitiveBase):
             saved = pin_saved_precision(out)
             return saved, saved, lambda saved, lhs, rhs: _saved_primal(saved, self(lhs, rhs))
         return out, (), lambda _, lhs, rhs: self(lhs, rhs)  # recompute
-
-
-def _inexact(x: jax.Array) -> bool:
-    return jax.numpy.issubdtype(x.dtype, np.inexact)
 
 
 def _is_accumulator(x: Any) -> bool:

@@ -1,5 +1,7 @@
-"""The rest of NumPy's product family, each one ``jaxmm.dot_general`` (or ``jaxmm.matmul``'s layout
-plan) plus reshapes, transposes and conjugations.
+"""NumPy's products that lay their operands out for one ``jaxmm.dot_general``: ``dot``,
+``tensordot``, ``vdot``, ``inner`` and ``outer`` (the broadcasting ones, ``matvec``, ``vecmat``
+and ``vecdot``, are ``matmul``'s plan: :mod:`jaxmm._vectorized`), plus reshapes, transposes and
+conjugations.
 
 Every backward pass here is the one rule of ``_dot_general``, read for the axes each function
 contracts: for ``Y[b, i, j] = Σ_c L[b, i, c] R[b, c, j]``,
@@ -16,25 +18,17 @@ differentiates it: a reshape's cotangent is reshaped back, a transpose's is tran
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import numpy as np
 from jax import lax
 
-from ._checks import (
-    as_array,
-    canonicalize_precision,
-    canonicalize_preferred_element_type,
-    result_and_dot_dtypes,
-)
+from ._checks import as_array, dot_dtype, result_dtype
 from ._dot_general import apply_dot_general, product
-from ._matmul import apply_matmul
-from ._residuals import ResidualFormat, canonicalize_residual
+from ._options import Options, Product
 from ._scope import named
-from ._typing import ArrayLike, DTypeLike, PrecisionLike
+from ._typing import ArrayLike, Dimensions, DTypeLike, OutSharding, PrecisionLike
 
 Axes = tuple[tuple[int, ...], tuple[int, ...]]  # (lhs axes, rhs axes)
 _NONE: Axes = ((), ())  # no batch (or no contracting) axes
@@ -47,7 +41,7 @@ def dot(
     *,
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
-    out_sharding: Any = None,
+    out_sharding: OutSharding = None,
     residual_dtype: DTypeLike | None = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
@@ -75,21 +69,21 @@ def dot(
       >>> jaxmm.dot(jnp.ones((2, 3, 4)), jnp.ones((5, 4, 6))).shape
       (2, 3, 5, 6)
     """
+    opts = Options.of(
+        precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
+    )
+    return apply_dot(product, a, b, opts)
+
+
+def apply_dot(product: Product, a: ArrayLike, b: ArrayLike, options: Options) -> jax.Array:
+    """:func:`dot` by ``product``."""
     a, b = as_array(a, "dot", 0), as_array(b, "dot", 1)
     contract: Axes
     if a.ndim == 0 or b.ndim == 0:
         contract = _NONE  # a scaling: every axis is free
     else:
         contract = ((a.ndim - 1,), (max(b.ndim - 2, 0),))
-    return _product(
-        a,
-        b,
-        (contract, _NONE),
-        precision,
-        preferred_element_type,
-        out_sharding,
-        canonicalize_residual(residual_dtype, residual_scaling),
-    )
+    return _product(product, a, b, (contract, _NONE), options)
 
 
 @named("jaxmm.tensordot")
@@ -100,7 +94,7 @@ def tensordot(
     *,
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
-    out_sharding: Any = None,
+    out_sharding: OutSharding = None,
     residual_dtype: DTypeLike | None = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
@@ -126,16 +120,18 @@ def tensordot(
       >>> jaxmm.tensordot(jnp.ones((2, 3, 4)), jnp.ones((4, 3, 5)), axes=((1, 2), (1, 0))).shape
       (2, 5)
     """
-    a, b = as_array(a, "tensordot", 0), as_array(b, "tensordot", 1)
-    return _product(
-        a,
-        b,
-        (_tensordot_axes(axes, a.shape, b.shape), _NONE),
-        precision,
-        preferred_element_type,
-        out_sharding,
-        canonicalize_residual(residual_dtype, residual_scaling),
+    opts = Options.of(
+        precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
     )
+    return apply_tensordot(product, a, b, axes, opts)
+
+
+def apply_tensordot(
+    product: Product, a: ArrayLike, b: ArrayLike, axes: Any, options: Options
+) -> jax.Array:
+    """:func:`tensordot` by ``product``."""
+    a, b = as_array(a, "tensordot", 0), as_array(b, "tensordot", 1)
+    return _product(product, a, b, (_tensordot_axes(axes, a.shape, b.shape), _NONE), options)
 
 
 def _tensordot_axes(axes: Any, a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> Axes:
@@ -212,16 +208,15 @@ def vdot(
       >>> jaxmm.vdot(jnp.array([1j, 2.0]), jnp.array([1j, 3.0]))
       Array(7.+0.j, dtype=complex64)
     """
+    opts = Options.of(precision, preferred_element_type, None, residual_dtype, residual_scaling)
+    return apply_vdot(product, a, b, opts)
+
+
+def apply_vdot(product: Product, a: ArrayLike, b: ArrayLike, options: Options) -> jax.Array:
+    """:func:`vdot` by ``product``."""
     a, b = as_array(a, "vdot", 0), as_array(b, "vdot", 1)
-    return _product(
-        lax.reshape(_conj(a), (a.size,)),
-        lax.reshape(b, (b.size,)),
-        (((0,), (0,)), _NONE),
-        precision,
-        preferred_element_type,
-        None,
-        canonicalize_residual(residual_dtype, residual_scaling),
-    )
+    a, b = lax.reshape(conj(a), (a.size,)), lax.reshape(b, (b.size,))
+    return _product(product, a, b, (((0,), (0,)), _NONE), options)
 
 
 @named("jaxmm.inner")
@@ -253,17 +248,15 @@ def inner(
       >>> jaxmm.inner(jnp.ones((2, 3)), jnp.ones((5, 3))).shape
       (2, 5)
     """
+    opts = Options.of(precision, preferred_element_type, None, residual_dtype, residual_scaling)
+    return apply_inner(product, a, b, opts)
+
+
+def apply_inner(product: Product, a: ArrayLike, b: ArrayLike, options: Options) -> jax.Array:
+    """:func:`inner` by ``product``."""
     a, b = as_array(a, "inner", 0), as_array(b, "inner", 1)
     contract: Axes = _NONE if a.ndim == 0 or b.ndim == 0 else ((a.ndim - 1,), (b.ndim - 1,))
-    return _product(
-        a,
-        b,
-        (contract, _NONE),
-        precision,
-        preferred_element_type,
-        None,
-        canonicalize_residual(residual_dtype, residual_scaling),
-    )
+    return _product(product, a, b, (contract, _NONE), options)
 
 
 @named("jaxmm.outer")
@@ -295,221 +288,41 @@ def outer(
       Array([[1., 2., 3.],
              [2., 4., 6.]], dtype=float32)
     """
+    return apply_outer(
+        product, a, b, out, Options.of(None, None, None, residual_dtype, residual_scaling)
+    )
+
+
+def apply_outer(
+    product: Product, a: ArrayLike, b: ArrayLike, out: None, options: Options
+) -> jax.Array:
+    """:func:`outer` by ``product``."""
     if out is not None:
         raise NotImplementedError("The 'out' argument to jaxmm.outer is not supported.")
     a, b = as_array(a, "outer", 0), as_array(b, "outer", 1)
-    return _product(
-        lax.reshape(a, (a.size,)),
-        lax.reshape(b, (b.size,)),
-        (_NONE, _NONE),
-        None,
-        None,
-        None,
-        canonicalize_residual(residual_dtype, residual_scaling),
-    )
+    a, b = lax.reshape(a, (a.size,)), lax.reshape(b, (b.size,))
+    return _product(product, a, b, (_NONE, _NONE), options)
 
 
-@named("jaxmm.matvec")
-def matvec(
-    x1: ArrayLike,
-    x2: ArrayLike,
-    /,
-    *,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """Batched matrix-vector product, as ``jnp.matvec``, by ``jaxmm.matmul``'s layout plan.
-
-    Args:
-      x1: array of shape ``(..., m, n)``.
-      x2: array of shape ``(..., n)``; the leading axes broadcast against ``x1``'s.
-      residual_dtype, residual_scaling: jaxmm's own options (see :func:`jaxmm.dot_general`).
-
-    Returns:
-      ``y[..., m] = Σ_n x1[..., m, n] x2[..., n]`` of shape ``(..., m)``.
-
-    Backward: ``dx1 = dy x2ᵀ`` (``dx1[..., m, n] = dy[..., m] x2[..., n]``) and
-    ``dx2 = x1ᵀ dy``, each summed over the axes along which it was broadcast.
-
-    Example:
-      >>> import jax.numpy as jnp, jaxmm
-      >>> jaxmm.matvec(jnp.ones((5, 2, 3)), jnp.ones((5, 3))).shape
-      (5, 2)
-    """
-    x1, x2 = as_array(x1, "matvec", 0), as_array(x2, "matvec", 1)
-    _check_vectorized("matvec", x1, x2, 2, 1, -1)
-    y = apply_matmul(
-        product,
-        x1,
-        lax.expand_dims(x2, (x2.ndim,)),  # (..., n, 1): a batch of columns
-        None,
-        None,
-        None,
-        canonicalize_residual(residual_dtype, residual_scaling),
-    )
-    return lax.squeeze(y, (y.ndim - 1,))
-
-
-@named("jaxmm.vecmat")
-def vecmat(
-    x1: ArrayLike,
-    x2: ArrayLike,
-    /,
-    *,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """Batched conjugate vector-matrix product, as ``jnp.vecmat``, by ``jaxmm.matmul``'s plan.
-
-    Args:
-      x1: array of shape ``(..., n)``, conjugated if complex.
-      x2: array of shape ``(..., n, m)``; the leading axes broadcast against ``x1``'s.
-      residual_dtype, residual_scaling: jaxmm's own options (see :func:`jaxmm.dot_general`).
-
-    Returns:
-      ``y[..., m] = Σ_n conj(x1[..., n]) x2[..., n, m]`` of shape ``(..., m)``.
-
-    Backward: ``dx1 = conj(x2 dy)`` (``dx1[..., n] = conj(Σ_m x2[..., n, m] dy[..., m])``) and
-    ``dx2 = conj(x1) dyᵀ`` (an outer product), each summed over its broadcast axes.
-
-    Example:
-      >>> import jax.numpy as jnp, jaxmm
-      >>> jaxmm.vecmat(jnp.ones((5, 3)), jnp.ones((5, 3, 2))).shape
-      (5, 2)
-    """
-    x1, x2 = as_array(x1, "vecmat", 0), as_array(x2, "vecmat", 1)
-    _check_vectorized("vecmat", x1, x2, 1, 2, -2)
-    y = apply_matmul(
-        product,
-        lax.expand_dims(_conj(x1), (x1.ndim - 1,)),  # (..., 1, n): a batch of rows
-        x2,
-        None,
-        None,
-        None,
-        canonicalize_residual(residual_dtype, residual_scaling),
-    )
-    return lax.squeeze(y, (y.ndim - 2,))
-
-
-@named("jaxmm.vecdot")
-def vecdot(
-    x1: ArrayLike,
-    x2: ArrayLike,
-    /,
-    *,
-    axis: int = -1,
-    precision: PrecisionLike = None,
-    preferred_element_type: DTypeLike | None = None,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """Batched conjugate dot product along ``axis``, as ``jnp.vecdot``, by ``jaxmm.matmul``'s plan.
-
-    Args:
-      x1: array of shape ``(..., n, ...)``, ``n`` at ``axis``; conjugated if complex.
-      x2: array of shape ``(..., n, ...)``; the other axes broadcast against ``x1``'s.
-      axis: the axis contracted in both.
-      precision, preferred_element_type: as in ``jnp.vecdot``.
-      residual_dtype, residual_scaling: jaxmm's own options (see :func:`jaxmm.dot_general`).
-
-    Returns:
-      ``y[...] = Σ_n conj(x1[..., n]) x2[..., n]``, the other axes broadcast together.
-
-    Backward: ``dx1[..., n] = conj(dy[...] x2[..., n])`` and ``dx2[..., n] = conj(x1[..., n])
-    dy[...]``, each summed over the axes along which it was broadcast.
-
-    Example:
-      >>> import jax.numpy as jnp, jaxmm
-      >>> jaxmm.vecdot(jnp.array([[1.0, 2.0], [3.0, 4.0]]), jnp.array([1.0, 1.0]))
-      Array([3., 7.], dtype=float32)
-    """
-    x1, x2 = as_array(x1, "vecdot", 0), as_array(x2, "vecdot", 1)
-    if x1.shape[axis] != x2.shape[axis]:  # an axis out of range is an IndexError, as in jnp
-        raise ValueError(
-            f"vecdot axes must match: got shapes {x1.shape} and {x2.shape} with axis={axis}."
-        )
-    x1 = _move_to_end(_conj(x1), axis % x1.ndim)
-    x2 = _move_to_end(x2, axis % x2.ndim)
-    _check_vectorized("vecdot", x1, x2, 1, 1, -1)
-    # (..., 1, n) @ (..., n, 1): each pair of vectors is a 1x1 matrix product, the leading axes
-    # broadcast by matmul's plan.
-    y = apply_matmul(
-        product,
-        lax.expand_dims(x1, (x1.ndim - 1,)),
-        lax.expand_dims(x2, (x2.ndim,)),
-        precision,
-        preferred_element_type,
-        None,
-        canonicalize_residual(residual_dtype, residual_scaling),
-    )
-    return lax.squeeze(y, (y.ndim - 2, y.ndim - 1))
-
-
-def _conj(x: jax.Array) -> jax.Array:
+def conj(x: jax.Array) -> jax.Array:
+    """``x`` conjugated if complex (the operand ``vdot``, ``vecdot`` and ``vecmat`` conjugate)."""
     return lax.conj(x) if jax.numpy.iscomplexobj(x) else x
 
 
-def _move_to_end(x: jax.Array, axis: int) -> jax.Array:
-    if axis == x.ndim - 1:
-        return x
-    return lax.transpose(x, (*(d for d in range(x.ndim) if d != axis), axis))
-
-
-def _check_vectorized(
-    name: str, x1: jax.Array, x2: jax.Array, x1_core: int, x2_core: int, x2_axis: int
-) -> None:
-    """The ValueError ``jnp.vectorize`` raises, before any work, for operands without their core
-    axes (``x1_core`` and ``x2_core`` trailing axes), whose contracted axes (``x1``'s last,
-    ``x2``'s ``x2_axis``) differ, or whose leading axes do not broadcast."""
-    shapes = f"operands of shapes {x1.shape} and {x2.shape}"
-    if x1.ndim < x1_core or x2.ndim < x2_core:
-        raise ValueError(f"{name} needs at least {x1_core} and {x2_core} dimensions, got {shapes}.")
-    if x1.shape[-1] != x2.shape[x2_axis]:
-        raise ValueError(
-            f"{name}: inconsistent size of the contracted dimension, {x1.shape[-1]} vs "
-            f"{x2.shape[x2_axis]}, for {shapes}."
-        )
-    try:
-        np.broadcast_shapes(x1.shape[: x1.ndim - x1_core], x2.shape[: x2.ndim - x2_core])
-    except ValueError:
-        raise ValueError(f"{name}: the leading axes of {shapes} do not broadcast.") from None
+def _product_in_result_dtype(
+    product: Product, a: jax.Array, b: jax.Array, dimensions: Dimensions, options: Options
+) -> jax.Array:
+    """``dot_general`` by ``product`` in the result dtype ``jnp`` gives (the promoted operand
+    dtype, or ``preferred_element_type``)."""
+    result = result_dtype((a, b), options.preferred_element_type)
+    dot_options = options.replace(
+        preferred_element_type=dot_dtype((a, b), result, options.preferred_element_type)
+    )
+    y = apply_dot_general(product, a, b, dimensions, dot_options)
+    return y if y.dtype == result else lax.convert_element_type(y, result)
 
 
 # One program when called un-jitted, inlined when traced (as in ``_matmul``).
-@partial(jax.jit, static_argnums=(2, 3, 4, 5, 6), inline=True)
-def _jitted_product(
-    a: jax.Array,
-    b: jax.Array,
-    dimension_numbers: Any,
-    precision: Any,
-    preferred_element_type: Any,
-    out_sharding: Any,
-    res: ResidualFormat | None,
-) -> jax.Array:
-    result_dtype: Any
-    result_dtype, dot_dtype = result_and_dot_dtypes(a, b, preferred_element_type)
-    y = apply_dot_general(product, a, b, dimension_numbers, precision, dot_dtype, out_sharding, res)
-    return y if y.dtype == result_dtype else lax.convert_element_type(y, result_dtype)
-
-
-def _product(
-    a: jax.Array,
-    b: jax.Array,
-    dimension_numbers: Any,
-    precision: PrecisionLike,
-    preferred_element_type: DTypeLike | None,
-    out_sharding: Any,
-    residual: ResidualFormat | None,
-) -> jax.Array:
-    """``jaxmm.dot_general`` in the result dtype ``jnp`` gives (the promoted operand dtype, or
-    ``preferred_element_type``)."""
-    product: jax.Array = _jitted_product(
-        a,
-        b,
-        dimension_numbers,
-        canonicalize_precision(precision),
-        canonicalize_preferred_element_type(preferred_element_type),
-        out_sharding,
-        residual,
-    )
-    return product
+_product: Callable[[Product, jax.Array, jax.Array, Dimensions, Options], jax.Array] = jax.jit(
+    _product_in_result_dtype, static_argnums=(0, 3, 4), inline=True
+)

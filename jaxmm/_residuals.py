@@ -85,7 +85,6 @@ channel of small values is no longer flushed because another channel holds large
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -93,6 +92,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
+
+from ._rules import kept_axes
+from ._typing import Dimensions
 
 SCALINGS = ("tensor", "channel")
 # The residual dtypes jaxmm saves in: each a real floating dtype that XLA converts to and from.
@@ -218,7 +220,7 @@ def _scale(operand: jax.Array, narrow: np.dtype, reduced_axes: tuple[int, ...]) 
 def save_operand(
     operand: jax.Array,
     residual: ResidualFormat | None,
-    kept_axes: Sequence[int],
+    dimension_numbers: Dimensions,
     side: str,
 ) -> Any:
     """The operand as saved for the backward pass; a narrowed copy is named ``NAMES[side]`` for
@@ -227,8 +229,8 @@ def save_operand(
     Args:
       operand: the ``lhs`` or ``rhs`` of a ``dot_general``, of any shape.
       residual: the saving format, or ``None`` to save the operand as it is.
-      kept_axes: the operand's batch and contracting axes: those a per-channel scale runs along
-        (see the module docstring); the absolute maximum is taken over the others.
+      dimension_numbers: the product's; a per-channel scale runs along the operand's batch and
+        contracting axes (see the module docstring), the absolute maximum is taken over the others.
       side: ``"lhs"`` or ``"rhs"``.
 
     Returns:
@@ -245,7 +247,8 @@ def save_operand(
         saved = lax.convert_element_type(operand, narrow)
     else:
         if residual.scaling == "channel":
-            reduced = tuple(a for a in range(operand.ndim) if a not in kept_axes)
+            kept = kept_axes(dimension_numbers, side)
+            reduced = tuple(a for a in range(operand.ndim) if a not in kept)
         else:
             reduced = tuple(range(operand.ndim))
         scale = _scale(operand, narrow, reduced)

@@ -1,6 +1,8 @@
-"""The rules of ``dot_general``, for any dimension numbers, that every mechanism of jaxmm shares:
-the backward rules (derived below) and the batching rule (a ``vmap``-ped axis of one operand is
-one more free axis of it, of both one more batch pair; see :mod:`jaxmm._bilinear`).
+"""The rules of ``dot_general``, for any dimension numbers, that every mechanism of jaxmm shares
+(the primitive of :mod:`jaxmm._bilinear`, the ``custom_vjp`` of :mod:`jaxmm._dot_general`, the
+hijax primitive of :mod:`jaxmm._primitive`): the backward rules and the forward rule (derived
+below), what each needs saved, and the batching rule (a ``vmap``-ped axis of one operand is one
+more free axis of it, of both one more batch pair; derived in :mod:`jaxmm._bilinear`).
 
 The derivation, for any dimension numbers
 -----------------------------------------
@@ -26,11 +28,58 @@ rhs's remaining = contracting axes); one transpose puts them back in ``L``'s own
 ``Y = L R`` with 2-D operands this is ``dL = dY Rᵀ``; the rhs rule is the same rule with the roles
 of the operands swapped, ``dR[b, c, j] = Σ_i dY[b, i, j] · L[b, i, c]`` (``dR = Lᵀ dY``). Nothing is
 conjugated: for complex operands JAX's convention is the plain transpose.
+
+The forward rule, derived
+-------------------------
+With one multi-index per kind of axis, as above,
+
+    Y[b, i, j] = Σ_c L[b, i, c] · R[b, c, j].
+
+Move ``L`` by ``ε·dL`` and ``R`` by ``ε·dR``. Each term of the sum is a product of one entry of
+``L`` and one of ``R``, so
+
+    (L + ε dL)[b, i, c] · (R + ε dR)[b, c, j]
+        = L[b, i, c] R[b, c, j] + ε (dL[b, i, c] R[b, c, j] + L[b, i, c] dR[b, c, j])
+          + ε² dL[b, i, c] dR[b, c, j],
+
+and the first-order term, summed over ``c``, is the directional derivative (the product rule;
+``Y`` is bilinear, so nothing else survives ``ε → 0``):
+
+    dY[b, i, j] = Σ_c dL[b, i, c] R[b, c, j] + Σ_c L[b, i, c] dR[b, c, j].
+
+Each sum is the primal's ``dot_general`` with the primal's dimension numbers, of a tangent with
+the other operand (for ``Y = L R``: ``dY = dL R + L dR``). A symbolic-zero tangent (an operand
+nobody differentiates with respect to) drops its term, and no product is computed for it. Both
+tangent products are this primitive again, so differentiating a JVP in reverse mode (``jax.grad``
+of a function that calls ``jax.jvp``, ``jax.jacrev(jax.jacfwd(f))``) runs the hand-written
+backward rules once more.
+
+Transposing the forward rule gives the backward rules
+----------------------------------------------------
+For fixed primals the JVP is linear in the tangents. Its transpose maps an output cotangent
+``dY`` to the input cotangents ``(L̄, R̄)`` with
+``⟨dY, dL·R + L·dR⟩ = ⟨L̄, dL⟩ + ⟨R̄, dR⟩`` for every ``dL``, ``dR``. Write the left side out:
+
+    Σ_{b,i,j} dY[b, i, j] (Σ_c dL[b, i, c] R[b, c, j] + Σ_c L[b, i, c] dR[b, c, j])
+      = Σ_{b,i,c} dL[b, i, c] (Σ_j dY[b, i, j] R[b, c, j])
+      + Σ_{b,c,j} dR[b, c, j] (Σ_i dY[b, i, j] L[b, i, c]),
+
+reading off the coefficients of ``dL`` and ``dR``:
+
+    L̄[b, i, c] = Σ_j dY[b, i, j] R[b, c, j]      (2-D: L̄ = dY Rᵀ)
+    R̄[b, c, j] = Σ_i dY[b, i, j] L[b, i, c]      (2-D: R̄ = Lᵀ dY)
+
+which are exactly the backward rules derived from the chain rule above (the same
+functions, :func:`lhs_cotangent` and :func:`rhs_cotangent`, compute both). The seed's mnemonic seen
+from the other side: in ``dY = dL·R`` replace each tangent by its cotangent and move ``R`` to the
+other side transposed, ``L̄ = dY·Rᵀ``. So the transpose rule of the linear tangent products is the
+backward rule, ``vjp_bwd_retval`` is the transposed JVP evaluated at the saved operands, and no
+rule is obtained from JAX's autodiff.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -39,14 +88,14 @@ import numpy as np
 from jax import lax
 
 from . import _tuning
-from ._typing import DotDimensionNumbers
+from ._typing import Dimensions
 
 
 def lhs_cotangent(
     cotangent: jax.Array,
     lhs_type: Any,
     rhs: jax.Array,
-    dimension_numbers: DotDimensionNumbers,
+    dimension_numbers: Dimensions,
     precision: Any,
     preferred_element_type: Any,
     *,
@@ -104,7 +153,7 @@ def rhs_cotangent(
     cotangent: jax.Array,
     lhs: jax.Array,
     rhs_type: Any,
-    dimension_numbers: DotDimensionNumbers,
+    dimension_numbers: Dimensions,
     precision: Any,
     preferred_element_type: Any,
 ) -> jax.Array:
@@ -121,6 +170,46 @@ def rhs_cotangent(
         preferred_element_type,
         rhs_free_first=True,
     )
+
+
+def kept_axes(dimension_numbers: Dimensions, side: str) -> tuple[int, ...]:
+    """The ``"lhs"`` or ``"rhs"`` operand's batch and contracting axes: the axes of a saved operand
+    that its partner's cotangent keeps apart (``b`` and ``c`` of ``R[b, c, j]`` in ``dL``), along
+    which a per-channel residual scale may vary (:mod:`jaxmm._residuals`)."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    return (*lhs_batch, *lhs_contract) if side == "lhs" else (*rhs_batch, *rhs_contract)
+
+
+def has_cotangent(operand_type: Any) -> bool:
+    """Whether an operand has a cotangent: integer and boolean ones have none (JAX gives them
+    float0 zeros), so their partner need not be saved nor their cotangent product computed."""
+    return bool(jax.numpy.issubdtype(operand_type.dtype, np.inexact))
+
+
+def tangent(
+    lhs: Any, rhs: Any, lhs_dot: Any, rhs_dot: Any, product: Callable[[Any, Any], jax.Array]
+) -> jax.Array | None:
+    """The forward rule, ``dY = dL·R + L·dR`` (``product`` the same product of other operands):
+    a tangent ``None`` (symbolic zero: frozen weights, inputs) drops its term, and no product is
+    computed for it; ``None`` when both are. Derived in the module docstring."""
+    terms = []
+    if lhs_dot is not None:
+        terms.append(product(lhs_dot, rhs))
+    if rhs_dot is not None:
+        terms.append(product(lhs, rhs_dot))
+    if not terms:
+        return None
+    return terms[0] if len(terms) == 1 else lax.add(*terms)
+
+
+def check_linear_in_one(lhs_linear: bool, rhs_linear: bool) -> None:
+    """A tangent product (``dL·R`` or ``L·dR``) is linear in exactly one operand, and transposing
+    it is the backward rule for that operand: anything else is not a transpose jaxmm defines."""
+    if lhs_linear == rhs_linear:
+        raise NotImplementedError(
+            "jaxmm's product is linear in one operand at a time; transposing it with respect to "
+            f"{'both' if lhs_linear else 'neither'} operands is not defined."
+        )
 
 
 def free_axes(ndim: int, contract: Sequence[int], batch: Sequence[int]) -> tuple[int, ...]:
@@ -157,12 +246,12 @@ def _cast_like(cotangent: jax.Array, primal_type: Any) -> jax.Array:
 
 
 def batched_dimension_numbers(
-    dimension_numbers: DotDimensionNumbers,
+    dimension_numbers: Dimensions,
     lhs_ndim: int,
     rhs_ndim: int,
     lhs_dim: int | None,
     rhs_dim: int | None,
-) -> tuple[DotDimensionNumbers, int]:
+) -> tuple[Dimensions, int]:
     """The dimension numbers of the product with a mapped axis at ``lhs_dim`` / ``rhs_dim``
     (``None``: not mapped) of operands of rank ``lhs_ndim`` / ``rhs_ndim`` (mapped axes
     included), and the mapped axis' position in the result (module docstring: a mapped axis of

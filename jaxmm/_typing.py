@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
 from jax.typing import ArrayLike as ArrayLike
 from jax.typing import DTypeLike as DTypeLike
 
@@ -25,4 +26,17 @@ DotDimensionNumbers = tuple[
     tuple[Sequence[int], Sequence[int]], tuple[Sequence[int], Sequence[int]]
 ]
 
-__all__ = ["ArrayLike", "DTypeLike", "DotDimensionNumbers", "PrecisionLike"]
+# The same, canonical (checked, tuples of ints): what jaxmm's internals pass around.
+Dimensions = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
+
+# As the out_sharding of jnp.matmul, jnp.einsum and lax.dot_general.
+OutSharding = NamedSharding | PartitionSpec | None
+
+__all__ = [
+    "ArrayLike",
+    "DTypeLike",
+    "Dimensions",
+    "DotDimensionNumbers",
+    "OutSharding",
+    "PrecisionLike",
+]

@@ -1,12 +1,13 @@
 """jaxmm's products as one JAX primitive: forward mode (``jax.jvp``, ``jax.jacfwd``,
-``jax.linearize``) as well as reverse mode, each with a rule derived by hand.
+``jax.linearize``) as well as reverse mode, each with a rule derived by hand, whatever the
+options.
 
-``jaxmm.matmul``, ``jaxmm.dot_general`` and ``jaxmm.einsum`` support forward mode with their
+The default functions (``jaxmm.matmul``, ``jaxmm.einsum``, ...) support forward mode with their
 default options, but with ``residual_dtype`` they are ``jax.custom_vjp`` functions, for which JAX
-refuses it. The functions here have the same signatures, results, dtypes, errors and options,
-and the same backward rules, but are built on one primitive
+refuses it. The functions here are the same functions (signatures, results, dtypes, errors,
+options, layout code and backward rules), with every product one primitive
 (``jax.experimental.hijax.HiPrim``, called ``VJPHiPrimitive`` before JAX 0.11.2) that also
-carries a hand-derived JVP, ``dY = dL·R + L·dR`` (derivation in ``jaxmm/_primitive.py``), a
+carries the hand-derived JVP, ``dY = dL·R + L·dR`` (derivation in ``jaxmm/_rules.py``), a
 batching rule, a transpose rule and a checkpointing rule. The primitive API is experimental in
 JAX, and so is this module: it needs JAX 0.10.2 or newer.
 
@@ -27,7 +28,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import jax
 
@@ -36,15 +37,31 @@ from ._compat import HIJAX_BASE, HIJAX_MISSING
 if HIJAX_BASE is None:  # pragma: no cover - depends on the installed JAX
     raise ImportError(HIJAX_MISSING.format(version=jax.__version__))
 
+from . import _products, _vectorized
 from ._dot_general import apply_dot_general
 from ._einsum import OptimizeLike, apply_einsum, num_operands
 from ._matmul import apply_matmul
-from ._primitive import primitive_dot_general
-from ._residuals import canonicalize_residual
+from ._options import Options
+from ._primitive import primitive_product
 from ._scope import named
-from ._typing import ArrayLike, DotDimensionNumbers, DTypeLike, PrecisionLike
+from ._typing import ArrayLike, DotDimensionNumbers, DTypeLike, OutSharding, PrecisionLike
 
-__all__ = ["dot_general", "einsum", "matmul"]
+__all__ = [
+    "dot",
+    "dot_general",
+    "einsum",
+    "inner",
+    "matmul",
+    "matvec",
+    "outer",
+    "tensordot",
+    "vdot",
+    "vecdot",
+    "vecmat",
+]
+
+# Each function: the public signature of its jaxmm namesake, whose documentation (arguments,
+# result, backward rule) is its own; the options made one Options value; the same layout code.
 
 
 @named("jaxmm.experimental.dot_general")
@@ -55,14 +72,11 @@ def dot_general(
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
     *,
-    out_sharding: Any = None,
+    out_sharding: OutSharding = None,
     residual_dtype: DTypeLike | None = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
-    """:func:`jaxmm.dot_general` (arguments, result, dtypes, errors, backward rule) as one
-    primitive that also has a hand-derived forward rule.
-
-    Args, Returns: as :func:`jaxmm.dot_general`.
+    """:func:`jaxmm.dot_general` as one primitive that also has a hand-derived forward rule.
 
     Forward (``Y[b, i, j] = Σ_c L[b, i, c] R[b, c, j]``)::
 
@@ -76,16 +90,10 @@ def dot_general(
       >>> jax.jvp(lambda x: experimental.dot_general(x, w, dn), (x,), (x,))[1][0]
       Array([3., 3., 3., 3.], dtype=float32)
     """
-    return apply_dot_general(
-        primitive_dot_general,
-        lhs,
-        rhs,
-        dimension_numbers,
-        precision,
-        preferred_element_type,
-        out_sharding,
-        canonicalize_residual(residual_dtype, residual_scaling),
+    opts = Options.of(
+        precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
     )
+    return apply_dot_general(primitive_product, lhs, rhs, dimension_numbers, opts)
 
 
 @named("jaxmm.experimental.matmul")
@@ -95,14 +103,11 @@ def matmul(
     *,
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
-    out_sharding: Any = None,
+    out_sharding: OutSharding = None,
     residual_dtype: DTypeLike | None = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
-    """:func:`jaxmm.matmul` (NumPy semantics of ``jnp.matmul``) with every product computed by
-    :func:`jaxmm.experimental.dot_general`.
-
-    Args, Returns: as :func:`jaxmm.matmul`.
+    """:func:`jaxmm.matmul` with every product :func:`jaxmm.experimental.dot_general`'s.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -112,15 +117,10 @@ def matmul(
       Array([[1., 1., 1.],
              [1., 1., 1.]], dtype=float32)
     """
-    return apply_matmul(
-        primitive_dot_general,
-        a,
-        b,
-        precision,
-        preferred_element_type,
-        out_sharding,
-        canonicalize_residual(residual_dtype, residual_scaling),
+    opts = Options.of(
+        precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
     )
+    return apply_matmul(primitive_product, a, b, opts)
 
 
 @named("jaxmm.experimental.einsum")
@@ -132,14 +132,11 @@ def einsum(
     optimize: OptimizeLike = "auto",
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
-    out_sharding: Any = None,
+    out_sharding: OutSharding = None,
     residual_dtype: DTypeLike | None = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
-    """:func:`jaxmm.einsum` (any number of operands) with every pairwise contraction computed by
-    :func:`jaxmm.experimental.dot_general`.
-
-    Args, Returns: as :func:`jaxmm.einsum`.
+    """:func:`jaxmm.einsum` with every pairwise contraction one primitive.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -149,14 +146,136 @@ def einsum(
       >>> linear(2 * w)[0]
       Array([6., 6., 6., 6.], dtype=float32)
     """
-    return apply_einsum(
-        primitive_dot_general,
-        subscripts,
-        operands,
-        precision,
-        preferred_element_type,
-        out_sharding,
-        canonicalize_residual(residual_dtype, residual_scaling, num_operands(subscripts, operands)),
-        optimize=optimize,
-        out=out,
+    if out is not None:
+        raise NotImplementedError("The 'out' argument to jaxmm.einsum is not supported.")
+    count = num_operands(subscripts, operands)
+    opts = Options.of(
+        precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling, count
     )
+    return apply_einsum(primitive_product, subscripts, operands, optimize, opts)
+
+
+@named("jaxmm.experimental.dot")
+def dot(
+    a: ArrayLike,
+    b: ArrayLike,
+    *,
+    precision: PrecisionLike = None,
+    preferred_element_type: DTypeLike | None = None,
+    out_sharding: OutSharding = None,
+    residual_dtype: DTypeLike | None = None,
+    residual_scaling: str = "tensor",
+) -> jax.Array:
+    """:func:`jaxmm.dot` as one primitive with a forward rule."""
+    opts = Options.of(
+        precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
+    )
+    return _products.apply_dot(primitive_product, a, b, opts)
+
+
+@named("jaxmm.experimental.tensordot")
+def tensordot(
+    a: ArrayLike,
+    b: ArrayLike,
+    axes: int | Sequence[int] | Sequence[Sequence[int]] = 2,
+    *,
+    precision: PrecisionLike = None,
+    preferred_element_type: DTypeLike | None = None,
+    out_sharding: OutSharding = None,
+    residual_dtype: DTypeLike | None = None,
+    residual_scaling: str = "tensor",
+) -> jax.Array:
+    """:func:`jaxmm.tensordot` as one primitive with a forward rule."""
+    opts = Options.of(
+        precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
+    )
+    return _products.apply_tensordot(primitive_product, a, b, axes, opts)
+
+
+@named("jaxmm.experimental.vdot")
+def vdot(
+    a: ArrayLike,
+    b: ArrayLike,
+    *,
+    precision: PrecisionLike = None,
+    preferred_element_type: DTypeLike | None = None,
+    residual_dtype: DTypeLike | None = None,
+    residual_scaling: str = "tensor",
+) -> jax.Array:
+    """:func:`jaxmm.vdot` as one primitive with a forward rule."""
+    opts = Options.of(precision, preferred_element_type, None, residual_dtype, residual_scaling)
+    return _products.apply_vdot(primitive_product, a, b, opts)
+
+
+@named("jaxmm.experimental.inner")
+def inner(
+    a: ArrayLike,
+    b: ArrayLike,
+    *,
+    precision: PrecisionLike = None,
+    preferred_element_type: DTypeLike | None = None,
+    residual_dtype: DTypeLike | None = None,
+    residual_scaling: str = "tensor",
+) -> jax.Array:
+    """:func:`jaxmm.inner` as one primitive with a forward rule."""
+    opts = Options.of(precision, preferred_element_type, None, residual_dtype, residual_scaling)
+    return _products.apply_inner(primitive_product, a, b, opts)
+
+
+@named("jaxmm.experimental.outer")
+def outer(
+    a: ArrayLike,
+    b: ArrayLike,
+    out: None = None,
+    *,
+    residual_dtype: DTypeLike | None = None,
+    residual_scaling: str = "tensor",
+) -> jax.Array:
+    """:func:`jaxmm.outer` as one primitive with a forward rule."""
+    opts = Options.of(None, None, None, residual_dtype, residual_scaling)
+    return _products.apply_outer(primitive_product, a, b, out, opts)
+
+
+@named("jaxmm.experimental.matvec")
+def matvec(
+    x1: ArrayLike,
+    x2: ArrayLike,
+    /,
+    *,
+    residual_dtype: DTypeLike | None = None,
+    residual_scaling: str = "tensor",
+) -> jax.Array:
+    """:func:`jaxmm.matvec` as one primitive with a forward rule."""
+    opts = Options.of(None, None, None, residual_dtype, residual_scaling)
+    return _vectorized.apply_matvec(primitive_product, x1, x2, opts)
+
+
+@named("jaxmm.experimental.vecmat")
+def vecmat(
+    x1: ArrayLike,
+    x2: ArrayLike,
+    /,
+    *,
+    residual_dtype: DTypeLike | None = None,
+    residual_scaling: str = "tensor",
+) -> jax.Array:
+    """:func:`jaxmm.vecmat` as one primitive with a forward rule."""
+    opts = Options.of(None, None, None, residual_dtype, residual_scaling)
+    return _vectorized.apply_vecmat(primitive_product, x1, x2, opts)
+
+
+@named("jaxmm.experimental.vecdot")
+def vecdot(
+    x1: ArrayLike,
+    x2: ArrayLike,
+    /,
+    *,
+    axis: int = -1,
+    precision: PrecisionLike = None,
+    preferred_element_type: DTypeLike | None = None,
+    residual_dtype: DTypeLike | None = None,
+    residual_scaling: str = "tensor",
+) -> jax.Array:
+    """:func:`jaxmm.vecdot` as one primitive with a forward rule."""
+    opts = Options.of(precision, preferred_element_type, None, residual_dtype, residual_scaling)
+    return _vectorized.apply_vecdot(primitive_product, x1, x2, axis, opts)

@@ -182,7 +182,7 @@ def test_precision_reaches_every_product():
     jaxpr = jax.make_jaxpr(lambda a, b: jax.jvp(mm, (a, b), (a, b)))(a, b)
     products = _jaxmm_products(jaxpr.jaxpr)
     assert len(products) == 2  # the two tangent products; the primal is a lax dot_general
-    assert all(p.precision == "highest" for p in products)
+    assert all(p.options.precision == "highest" for p in products)
     (primal,) = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
     assert primal.params["precision"] == (lax.Precision.HIGHEST,) * 2
 

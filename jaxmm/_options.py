@@ -1,0 +1,81 @@
+"""The keyword options of a product, canonicalised once into one static value.
+
+Every public function takes some of ``precision``, ``preferred_element_type``, ``out_sharding``
+(as the ``jnp`` / ``lax`` function it mirrors) and jaxmm's ``residual_dtype`` /
+``residual_scaling``. It turns them into one frozen, hashable :class:`Options` with
+:meth:`Options.of` before any work, and hands that down: to the layout code, to ``jax.jit`` as one
+static argument, to the product (``jaxmm.dot_general``'s mechanism, a :data:`Product`) and to the
+rules. Nothing below the public functions sees an option in its user-facing form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._residuals import ResidualFormat, canonicalize_residual
+from ._typing import Dimensions, DTypeLike, OutSharding, PrecisionLike
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """A product's options, canonical: static (hashable) facts of the program.
+
+    Attributes:
+      precision: as ``lax.dot_general``'s, lists made tuples.
+      preferred_element_type: accumulation (and result) dtype, or ``None``; float64 is float32
+        without x64, as JAX computes it.
+      out_sharding: the result's sharding, as ``lax.dot_general``'s.
+      residual: how the operands are saved for the backward pass (``None``: as they are).
+    """
+
+    precision: Any = None
+    preferred_element_type: np.dtype[Any] | None = None
+    out_sharding: OutSharding = None
+    residual: ResidualFormat | None = None
+
+    @classmethod
+    def of(
+        cls,
+        precision: PrecisionLike = None,
+        preferred_element_type: DTypeLike | None = None,
+        out_sharding: OutSharding = None,
+        residual_dtype: Any = None,
+        residual_scaling: str = "tensor",
+        num_operands: int = 2,
+    ) -> Options:
+        """The public keyword options as one :class:`Options`, checked (TypeError / ValueError for a
+        residual option jaxmm does not know, before any work)."""
+        if isinstance(precision, list):
+            precision = tuple(precision)
+        dtype = None
+        if preferred_element_type is not None:
+            dtype = jax.dtypes.canonicalize_dtype(np.dtype(preferred_element_type))
+        return cls(
+            precision,
+            dtype,
+            out_sharding,
+            canonicalize_residual(residual_dtype, residual_scaling, num_operands),
+        )
+
+    def replace(self, **changes: Any) -> Options:
+        """These options with some changed (one product of several: its own dtype, sharding,
+        or residual format)."""
+        return dataclasses.replace(self, **changes)
+
+    def lax_params(self) -> dict[str, Any]:
+        """The keyword arguments ``lax.dot_general`` takes of these options."""
+        return dict(
+            precision=self.precision,
+            preferred_element_type=self.preferred_element_type,
+            out_sharding=self.out_sharding,
+        )
+
+
+# A differentiation mechanism: ``lax.dot_general`` of checked, canonical arguments, with
+# hand-derived rules (``jaxmm._dot_general.product``, ``jaxmm._primitive.primitive_product``).
+Product = Callable[[jax.Array, jax.Array, Dimensions, Options], jax.Array]
