@@ -70,7 +70,7 @@ from ._compat import varying_axes
 from ._dot_general import match_varying_axes
 from ._mesh import lay_out, on_mesh, restore
 from ._options import Options
-from ._scope import named
+from ._scope import named, staged
 from ._typing import ArrayLike, PrecisionLike
 
 # chunk_size=None: about 2^23 logits per chunk (32 MiB in float32), from 128 to V columns.
@@ -155,9 +155,7 @@ def linear_cross_entropy(
         return loss
 
 
-# Compiled as one program when called un-jitted (as jnp's functions are), rather than running the
-# chunk loops op by op; inlined into the caller's program when traced.
-@partial(jax.jit, static_argnums=(4,), inline=True)
+@staged(4)
 def _checked_linear_cross_entropy(
     x: jax.Array, w: jax.Array, labels: jax.Array, mask: jax.Array, options: _Options
 ) -> jax.Array:

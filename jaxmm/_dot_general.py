@@ -27,7 +27,7 @@ from ._compat import (
 from ._options import Options, Product
 from ._residuals import load_operand, save_operand
 from ._rules import has_cotangent, lhs_cotangent, rhs_cotangent
-from ._scope import named
+from ._scope import named, staged
 from ._typing import (
     ArrayLike,
     Dimensions,
@@ -142,7 +142,7 @@ def apply_dot_general(
     return result
 
 
-@partial(jax.jit, static_argnums=(2, 3, 4), inline=True)
+@staged(2, 3, 4)
 def _checked_dot_general(
     lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options, product: Product
 ) -> jax.Array:

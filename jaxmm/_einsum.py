@@ -14,15 +14,25 @@ What one operand does on its own (sum an index no one else has, take a diagonal 
 repeated within it, transpose) is linear and not a product: it is done with ``lax`` reductions and
 selects, as ``jnp.einsum`` does, and JAX differentiates those (a sum's cotangent is broadcast
 back, a diagonal's is put back on the diagonal).
+
+Why its own contraction loop, not ``jnp.einsum``'s
+--------------------------------------------------
+``jnp.einsum`` takes a private ``_dot_general=`` argument through which each contraction could
+be routed to jaxmm's product. jaxmm does not build on it: it is not public API (no release
+promises its signature or when it is called), and it cannot say which of the caller's operands
+each contraction reads, which ``residual_dtype`` needs (one dtype per operand; intermediate
+results are not the caller's). So jaxmm keeps the loop (about 150 lines here) and builds on what
+``jnp.einsum`` builds on, opt_einsum's parser and path (:mod:`jaxmm._einsum_path`), with the same
+rules for result dtype, sums within one operand, size-1 broadcasting and operand order, so that
+results, dtypes, errors (types and the cases that raise) and the compiled dots are ``jnp``'s;
+``tests/test_einsum.py`` pins each, including the contraction order for every ``optimize``.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
-import string
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import jax
@@ -32,14 +42,13 @@ from jax import lax
 
 from ._checks import as_array, dot_dtype, result_dtype
 from ._dot_general import apply_dot_general, product
+from ._einsum_path import Letters, Shape, Step, check_sizes, parse, path
 from ._options import Options, Product
-from ._scope import named
+from ._rules import full_spec
+from ._scope import named, staged
 from ._typing import ArrayLike, DTypeLike, OutSharding, PrecisionLike
 
 OptimizeLike = bool | str | list[tuple[int, ...]]
-Letters = tuple[str, ...]  # one index letter per axis
-Shape = tuple[int, ...]
-Step = tuple[tuple[int, ...], Letters]  # (positions of the operands contracted, letters kept)
 
 
 @named("jaxmm.einsum")
@@ -130,9 +139,9 @@ def apply_einsum(
     assert isinstance(subscripts, str)
     arrays = tuple(as_array(x, "einsum", i + 1) for i, x in enumerate(operands))
     shapes = tuple(x.shape for x in arrays)
-    letters, out_letters = _parse(subscripts, shapes)
-    _check_sizes(subscripts, letters, shapes)
-    steps = _path(letters, out_letters, shapes, optimize)
+    letters, out_letters = parse(subscripts, shapes)
+    check_sizes(subscripts, letters, shapes)
+    steps = path(letters, out_letters, shapes, optimize)
     result: jax.Array = _einsum(arrays, letters, out_letters, steps, options, product)
     return result
 
@@ -142,8 +151,7 @@ def num_operands(subscripts: Any, operands: tuple[Any, ...]) -> int:
     return len(operands) if isinstance(subscripts, str) else (len(operands) + 1) // 2
 
 
-# One compiled program when called un-jitted, inlined when traced (see ``_matmul``).
-@partial(jax.jit, static_argnums=(1, 2, 3, 4, 5), inline=True)
+@staged(1, 2, 3, 4, 5)
 def _einsum(
     arrays: tuple[jax.Array, ...],
     letters: tuple[Letters, ...],
@@ -236,11 +244,11 @@ def _permuted_sharding(out_sharding: Any, product_letters: Letters, wanted: Lett
     """The sharding for the product's own axis order, given the one asked for in ``wanted``'s."""
     if out_sharding is None or tuple(product_letters) == tuple(wanted):
         return out_sharding
-    if not isinstance(out_sharding, jax.sharding.NamedSharding):
-        raise NotImplementedError("einsum's out_sharding must be a NamedSharding.")
-    spec = tuple(out_sharding.spec) + (None,) * (len(wanted) - len(out_sharding.spec))
-    permuted = (spec[list(wanted).index(c)] for c in product_letters)
-    return out_sharding.update(spec=jax.sharding.PartitionSpec(*permuted))
+    spec = full_spec(out_sharding, len(wanted))
+    permuted = jax.sharding.PartitionSpec(*(spec[list(wanted).index(c)] for c in product_letters))
+    if isinstance(out_sharding, jax.sharding.PartitionSpec):  # of the mesh in context
+        return permuted
+    return out_sharding.update(spec=permuted)
 
 
 def _sum(x: jax.Array, axes: tuple[int, ...], result_dtype: Any) -> jax.Array:
@@ -297,142 +305,3 @@ def _squeeze_broadcast(
     if not size_one:
         return x, tuple(letters)
     return lax.squeeze(x, size_one), tuple(c for i, c in enumerate(letters) if i not in size_one)
-
-
-class _LeftToRight(opt_einsum.paths.PathOptimizer):  # type: ignore[misc]
-    """``optimize=False``: contract the operands in the order given, as ``jnp.einsum``."""
-
-    def __call__(
-        self, inputs: list[Any], output: Any, size_dict: Any, memory_limit: Any = None
-    ) -> list[tuple[int, int]]:
-        return [(0, 1)] * (len(inputs) - 1)
-
-
-def _path(
-    letters: tuple[Letters, ...], out_letters: Letters, shapes: tuple[Shape, ...], optimize: Any
-) -> tuple[Step, ...]:
-    """The contraction steps ``jnp.einsum`` takes: ``(operand positions, letters kept)`` each,
-    the positions into the list of operands left, the result appended last."""
-    if isinstance(optimize, list):
-        if optimize and optimize[0] == "einsum_path":  # NumPy's form of a path
-            optimize = optimize[1:]
-        optimize = tuple(tuple(step) for step in optimize)
-    return _cached_path(tuple(letters), tuple(out_letters), shapes, optimize)
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_path(
-    letters: tuple[Letters, ...], out_letters: Letters, shapes: tuple[Shape, ...], optimize: Any
-) -> tuple[Step, ...]:
-    spec = ",".join("".join(term) for term in letters) + "->" + "".join(out_letters)
-    strategy: Any
-    if optimize is True:
-        strategy = "optimal"
-    elif optimize is False:
-        strategy = _LeftToRight()
-    else:
-        strategy = list(optimize) if isinstance(optimize, tuple) else optimize
-    dummies = [_Shaped(shape) for shape in shapes]
-    # einsum_call=True: opt_einsum's (operands, contraction list) form, as jnp.einsum uses it.
-    contractions: Any = opt_einsum.contract_path(
-        spec, *dummies, einsum_call=True, use_blas=True, optimize=strategy
-    )[1]
-    steps = []
-    for positions, _, step_spec, *_ in contractions:
-        if len(positions) > 2:
-            raise ValueError(
-                f"einsum optimize={optimize!r} contracts {len(positions)} operands at once; "
-                "jaxmm.einsum (like jnp.einsum) contracts two at a time."
-            )
-        steps.append((tuple(positions), tuple(step_spec.split("->")[1])))
-    return tuple(steps)
-
-
-class _Shaped:
-    """What opt_einsum needs to know of an operand: its shape."""
-
-    def __init__(self, shape: Shape) -> None:
-        self.shape = shape
-
-
-def _parse(subscripts: str, shapes: tuple[Shape, ...]) -> tuple[tuple[Letters, ...], Letters]:
-    """Letters for each axis of every operand and of the output, ``...`` given fresh letters."""
-    spec = subscripts.replace(" ", "")
-    inputs, arrow, output = spec.partition("->")
-    terms = inputs.split(",")
-    if len(terms) != len(shapes):
-        raise ValueError(
-            f"einsum {subscripts!r} names {len(terms)} operand(s), but {len(shapes)} were given."
-        )
-    for term in terms + [output]:
-        if any(c not in string.ascii_letters for c in term.replace("...", "")):
-            raise ValueError(f"einsum {subscripts!r}: invalid subscript characters in {term!r}.")
-        if term.count("...") > 1 or term.replace("...", "").count(".") > 0:
-            raise ValueError(f"einsum {subscripts!r}: at most one '...' per term, in {term!r}.")
-
-    # '...' stands for the leading axes not named by letters, broadcast NumPy-style (right
-    # aligned) between the operands; each broadcast position gets an unused letter.
-    unused = [c for c in string.ascii_letters if c not in spec]
-    ellipsis_ranks = [
-        _ellipsis_rank(term, shape, subscripts, position)
-        for position, (term, shape) in enumerate(zip(terms, shapes))
-    ]
-    num_ellipsis = max(ellipsis_ranks)
-    if num_ellipsis > len(unused):
-        raise ValueError(f"einsum {subscripts!r}: too many axes under '...' to name.")
-    ellipsis_letters = "".join(unused[:num_ellipsis])
-    letters = [
-        tuple(term.replace("...", ellipsis_letters[num_ellipsis - rank :]))
-        for term, rank in zip(terms, ellipsis_ranks)
-    ]
-    if not arrow:  # implicit output: '...' then the letters used once, in alphabetical order
-        named = "".join(term.replace("...", "") for term in terms)
-        output = "..." + "".join(sorted(c for c in set(named) if named.count(c) == 1))
-    out_letters = tuple(output.replace("...", ellipsis_letters))
-
-    repeated = sorted({c for c in out_letters if out_letters.count(c) > 1})
-    if repeated:
-        raise ValueError(
-            f"einsum {subscripts!r}: output index {repeated[0]!r} appears more than once."
-        )
-    missing = [c for c in out_letters if not any(c in term for term in letters)]
-    if missing:
-        raise ValueError(
-            f"einsum {subscripts!r}: output index {missing[0]!r} appears in no operand."
-        )
-    return tuple(letters), out_letters
-
-
-def _ellipsis_rank(term: str, shape: tuple[int, ...], subscripts: str, position: int) -> int:
-    named = len(term.replace("...", ""))
-    if ("..." in term and named > len(shape)) or ("..." not in term and named != len(shape)):
-        raise ValueError(
-            f"einsum {subscripts!r}: operand {position} has shape {shape} (rank {len(shape)}) "
-            f"but its subscripts {term!r} name {named} axes."
-        )
-    return len(shape) - named
-
-
-def _check_sizes(subscripts: str, letters: tuple[Letters, ...], shapes: tuple[Shape, ...]) -> None:
-    """Every index has one size, or size 1 where it broadcasts against another operand; a letter
-    repeated within one operand (a diagonal) has one size there."""
-    seen: dict[str, tuple[int, int]] = {}  # letter -> (size, operand position)
-    for position, (term, shape) in enumerate(zip(letters, shapes)):
-        own: dict[str, int] = {}
-        for c, size in zip(term, shape):
-            if c in own and own[c] != size:
-                raise ValueError(
-                    f"einsum {subscripts!r}: index {c!r} is repeated in operand {position} "
-                    f"(shape {shape}) with sizes {own[c]} and {size}; a diagonal needs equal "
-                    "sizes."
-                )
-            own[c] = size
-            if c not in seen or seen[c][0] == 1:
-                seen[c] = (size, position)
-            elif size not in (1, seen[c][0]):
-                other_size, other = seen[c]
-                raise ValueError(
-                    f"einsum {subscripts!r}: index {c!r} has size {other_size} in operand "
-                    f"{other} (shape {shapes[other]}) and {size} in operand {position} "
-                    f"(shape {shape})."
-                )

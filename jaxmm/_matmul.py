@@ -31,7 +31,6 @@ re-inserting the squeezed size-1 axes restores its rank.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
@@ -41,7 +40,8 @@ from jax import lax
 from ._checks import as_array, dot_dtype, result_dtype
 from ._dot_general import apply_dot_general, product
 from ._options import Options, Product
-from ._scope import named
+from ._rules import full_spec
+from ._scope import named, staged
 from ._typing import ArrayLike, DTypeLike, OutSharding, PrecisionLike
 
 
@@ -111,10 +111,7 @@ def apply_matmul(product: Product, a: ArrayLike, b: ArrayLike, options: Options)
     return out
 
 
-# Compiled as one program when called un-jitted (as jnp.matmul is), and inlined into the caller's
-# program when traced: the layout plan and the custom rule's bookkeeping cost Python time once per
-# signature, not once per call.
-@partial(jax.jit, static_argnums=(2, 3), inline=True)
+@staged(2, 3)
 def _matmul(a: jax.Array, b: jax.Array, options: Options, product: Product) -> jax.Array:
     for position, operand in enumerate((a, b)):
         if operand.ndim < 1:
@@ -212,7 +209,6 @@ def _batch_specs(x: jax.Array, is_matrix: bool, num_batch: int) -> tuple[Any, ..
     """
     if not is_matrix:
         return (None,) * num_batch
-    spec = tuple(jax.typeof(x).sharding.spec)
-    spec = spec + (None,) * (x.ndim - len(spec))
+    spec = full_spec(jax.typeof(x).sharding, x.ndim)
     batch_spec = spec[:-2]
     return (None,) * (num_batch - len(batch_spec)) + batch_spec

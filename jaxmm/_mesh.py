@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from ._rules import full_spec
+
 Axes = tuple[str, ...]
 
 
@@ -57,8 +59,7 @@ def restore(losses: jax.Array, token_shape: tuple[int, ...], order: tuple[int, .
 
 def _axes(x: jax.Array, axis: int) -> Axes:
     """The explicit mesh axes that shard ``x``'s ``axis`` (none outside explicit sharding)."""
-    spec = tuple(jax.typeof(x).sharding.spec)
-    entry = spec[axis] if axis < len(spec) else None
+    entry = full_spec(jax.typeof(x).sharding, x.ndim)[axis]
     if entry is None:
         return ()
     return (entry,) if isinstance(entry, str) else tuple(entry)

@@ -18,7 +18,7 @@ differentiates it: a reshape's cotangent is reshaped back, a transpose's is tran
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -27,7 +27,7 @@ from jax import lax
 from ._checks import as_array, dot_dtype, result_dtype
 from ._dot_general import apply_dot_general, product
 from ._options import Options, Product
-from ._scope import named
+from ._scope import named, staged
 from ._typing import ArrayLike, Dimensions, DTypeLike, OutSharding, PrecisionLike
 
 Axes = tuple[tuple[int, ...], tuple[int, ...]]  # (lhs axes, rhs axes)
@@ -309,7 +309,8 @@ def conj(x: jax.Array) -> jax.Array:
     return lax.conj(x) if jax.numpy.iscomplexobj(x) else x
 
 
-def _product_in_result_dtype(
+@staged(0, 3, 4)
+def _product(
     product: Product, a: jax.Array, b: jax.Array, dimensions: Dimensions, options: Options
 ) -> jax.Array:
     """``dot_general`` by ``product`` in the result dtype ``jnp`` gives (the promoted operand
@@ -320,9 +321,3 @@ def _product_in_result_dtype(
     )
     y = apply_dot_general(product, a, b, dimensions, dot_options)
     return y if y.dtype == result else lax.convert_element_type(y, result)
-
-
-# One program when called un-jitted, inlined when traced (as in ``_matmul``).
-_product: Callable[[Product, jax.Array, jax.Array, Dimensions, Options], jax.Array] = jax.jit(
-    _product_in_result_dtype, static_argnums=(0, 3, 4), inline=True
-)

@@ -229,7 +229,7 @@ def _cotangent_sharding(operand_type: Any, product_axes: tuple[int, ...]) -> Any
     sharding = operand_type.sharding
     if sharding.mesh.empty:
         return None
-    spec = tuple(sharding.spec) + (None,) * (operand_type.ndim - len(sharding.spec))
+    spec = full_spec(sharding, operand_type.ndim)
     return sharding.update(spec=jax.sharding.PartitionSpec(*(spec[axis] for axis in product_axes)))
 
 
@@ -278,11 +278,18 @@ def batched_sharding(sharding: Any, out_dim: int, axis_data: Any) -> Any:
     vmap's mesh axis, ``spmd_axis_name``, if it has one)."""
     if sharding is None:
         return None
-    spec = tuple(sharding.spec)
-    spec += (None,) * (out_dim - len(spec))  # a spec may leave trailing axes out
+    spec = full_spec(sharding, out_dim)
     mesh_axis = getattr(axis_data, "explicit_mesh_axis", None)
     spec = (*spec[:out_dim], mesh_axis, *spec[out_dim:])
     return sharding.update(spec=jax.sharding.PartitionSpec(*spec))
+
+
+def full_spec(sharding: Any, ndim: int) -> tuple[Any, ...]:
+    """The mesh axes of the first ``ndim`` array axes (or more, where it names more) of a
+    ``NamedSharding`` or a ``PartitionSpec``: padded with ``None``, as a spec may leave trailing
+    axes out."""
+    spec = tuple(sharding if isinstance(sharding, jax.sharding.PartitionSpec) else sharding.spec)
+    return spec + (None,) * (ndim - len(spec))
 
 
 def _shift(axes: Sequence[int], inserted: int | None) -> tuple[int, ...]:

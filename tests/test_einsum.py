@@ -352,6 +352,11 @@ def test_einsum_refuses_what_jnp_refuses_too():
         assert str(ours.value) == str(theirs.value)
     with pytest.raises(TypeError, match="list"):
         jaxmm.einsum("i,i->", [1.0, 2.0], jnp.ones(2))
+    # A path that contracts three operands at once: jnp.einsum's NotImplementedError.
+    three = (jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.ones((4, 5)))
+    for einsum in (jnp.einsum, jaxmm.einsum):
+        with pytest.raises(NotImplementedError, match="3"):
+            einsum("ij,jk,kl->il", *three, optimize=[(0, 1, 2)])
 
 
 try:  # a bare GPU image (scripts/gpu_report.sh) may lack hypothesis: the tables above still run

@@ -115,3 +115,22 @@ def test_nested_vmap_over_a_sharded_batch(axis_type, spmd_axis_name):
         for actual, expected in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
             np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
             assert actual.sharding.is_equivalent_to(expected.sharding, actual.ndim)
+
+
+@pytest.mark.parametrize("as_spec", [False, True], ids=["NamedSharding", "PartitionSpec"])
+def test_einsum_out_sharding_in_any_axis_order_like_jnp(as_spec):
+    # 'bij,bjk->ikb': the product emits (b, i, k), so the sharding asked for (i, k, b) is laid
+    # out in the product's order, given as a NamedSharding or as a spec of the mesh in context.
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
+    rng = np.random.default_rng(0)
+    x_host = rng.standard_normal((4, 16, 8), dtype=np.float32)
+    w_host = rng.standard_normal((4, 8, 6), dtype=np.float32)
+    with jax.set_mesh(mesh):
+        x = jax.device_put(x_host, NamedSharding(mesh, P(None, "data", None)))
+        w = jax.device_put(w_host, NamedSharding(mesh, P()))
+        spec = P("data", None, None)
+        out_sharding = spec if as_spec else NamedSharding(mesh, spec)
+        for einsum in (jaxmm.einsum, jnp.einsum):
+            y = jax.jit(lambda x, w: einsum("bij,bjk->ikb", x, w, out_sharding=out_sharding))(x, w)
+            np.testing.assert_allclose(y, np.einsum("bij,bjk->ikb", x_host, w_host), atol=1e-5)
+            assert jax.typeof(y).sharding.spec == spec
