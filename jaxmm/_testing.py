@@ -183,6 +183,49 @@ def check_vjp(
                 assert_allclose(a, e, f"{_name(what, path)} ({mode})", rtol, atol)
 
 
+def check_jvp(
+    fn: Callable[..., Any],
+    reference: Callable[..., Any],
+    *args: Any,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+) -> None:
+    """Assert that ``jax.jvp`` of ``fn`` equals ``jax.jvp`` of ``reference`` at ``args``: forward
+    mode, as :func:`check_vjp` checks reverse mode.
+
+    One random tangent per argument (drawn with ``seed``; float0 zeros for integer and boolean
+    arguments) is pushed forward through both functions, in one jitted program; the outputs and
+    the output tangents must agree in tree structure, shape, dtype and value, to ``rtol``/``atol``
+    (by default the tolerance of each array's dtype, :data:`TOLERANCE`).
+
+    Raises:
+      AssertionError: naming the output (or its tangent) that differs, with its worst element.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxmm
+      >>> from jaxmm.testing import check_jvp
+      >>> check_jvp(jaxmm.matmul, jnp.matmul, jnp.ones((3, 4)), jnp.ones((4, 2)))
+    """
+    rng = _rng(seed)
+    tangents = jax.tree.map(lambda x: cotangent_like(rng, jnp.asarray(x)), args)
+
+    def both(args: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[Any, Any]:
+        return jax.jvp(fn, args, tangents), jax.jvp(reference, args, tangents)
+
+    actual, expected = jax.jit(both)(args, tangents)
+    for what, a_tree, e_tree in (
+        ("output", actual[0], expected[0]),
+        ("tangent of output", actual[1], expected[1]),
+    ):
+        a_leaves, a_structure = jax.tree_util.tree_flatten_with_path(a_tree)
+        e_leaves, e_structure = jax.tree_util.tree_flatten_with_path(e_tree)
+        if not _same_tree(a_structure, e_structure):
+            raise AssertionError(f"{what}: tree structure {a_structure} != expected {e_structure}")
+        for (path, a), (_, e) in zip(a_leaves, e_leaves):
+            assert_allclose(a, e, what + jax.tree_util.keystr(path), rtol, atol)
+
+
 def _same_tree(a: Any, b: Any) -> bool:
     return bool(a == b)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import pytest
 
+import jaxmm
 from jaxmm import __main__ as cli
 from jaxmm import _benchmark, _cross_entropy_benchmark, _models_benchmark, _selfcheck
 
@@ -88,6 +89,29 @@ def test_self_check_fails_on_a_wrong_matmul(monkeypatch, capsys):
     )
     assert cli.main(["--no-benchmark"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_self_check_covers_every_public_function():
+    # Each function in reverse mode in several dtypes, under vmap and to second order; each
+    # product in forward mode, in jaxmm.experimental too (where it imports), and with its
+    # operands saved narrowed; every label (name, shapes, dtype, transformation) different.
+    cases = list(_selfcheck.cases())
+    assert len({c.label for c in cases}) == len(cases)
+    done = {(c.name, c.dtype, c.transform) for c in cases}
+    for name in set(jaxmm.__all__) - {"testing"}:
+        for transform in ("vjp", "vmap", "grad"):
+            assert (name, "float32", transform) in done, (name, transform)
+        assert (name, "float64", "vjp") in done
+        if name != "linear_cross_entropy":
+            assert {(name, "float32", "jvp"), (name, "float32", "residual bfloat16")} <= done
+            assert (name, "bfloat16", "vjp") in done
+    if _selfcheck._experimental() is not None:
+        from jaxmm import experimental
+
+        for name in experimental.__all__:
+            assert (f"experimental.{name}", "float32", "jvp") in done
+    for narrow in ("float16", "float8_e4m3fn", "float8_e5m2"):
+        assert ("matmul", "float32", f"residual {narrow}") in done
 
 
 @pytest.mark.full

@@ -18,6 +18,7 @@ from jaxmm.testing import (
     TOLERANCE,
     assert_allclose,
     check_finite_differences,
+    check_jvp,
     check_structure,
     check_vjp,
 )
@@ -130,6 +131,31 @@ def test_check_vjp_random_cotangent_catches_what_ones_miss():
     assert_allclose(ones, jax.grad(lambda w: (x @ w).sum())(w), "all-ones cotangent")
     with pytest.raises(AssertionError, match="cotangent of argument 1"):
         check_vjp(fn, jnp.matmul, x, w)
+
+
+def _matmul_with_tangent(scale):
+    """A matmul whose forward rule scales dA·B by ``scale`` (1: right)."""
+
+    @jax.custom_jvp
+    def mm(a, b):
+        return a @ b
+
+    @mm.defjvp
+    def _(primals, tangents):
+        (a, b), (da, db) = primals, tangents
+        return a @ b, scale * (da @ b) + a @ db
+
+    return mm
+
+
+def test_check_jvp_passes_a_right_rule_and_catches_a_wrong_one():
+    a, b = _operands()
+    check_jvp(_matmul_with_tangent(1.0), jnp.matmul, a, b)
+    check_jvp(jaxmm.matmul, jnp.matmul, a, b)
+    with pytest.raises(AssertionError, match="tangent of output"):
+        check_jvp(_matmul_with_tangent(1.001), jnp.matmul, a, b)
+    with pytest.raises(AssertionError, match="output: shape"):
+        check_jvp(lambda a, b: (a @ b)[0], jnp.matmul, a, b)
 
 
 def test_check_structure_counts_products():
