@@ -80,14 +80,12 @@ rule is obtained from JAX's autodiff.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
 import jax
 import numpy as np
 from jax import lax
 
-from . import _tuning
 from ._typing import Dimensions
 
 
@@ -117,35 +115,18 @@ def lhs_cotangent(
     # R's contracting axis rhs_contract[k] is paired with L's axis lhs_contract[k]; a product
     # yields R's contracting axes in R's order, which are these axes of L:
     c_axes = tuple(lhs_contract[k] for k in np.argsort(rhs_contract, kind="stable"))
-    dot = partial(
-        lax.dot_general, precision=precision, preferred_element_type=preferred_element_type
+    # Σ_j pairs Y's rhs-free axes with R's free axes, b stays paired with R's batch axes; the
+    # product's axes are (b, i, c), transposed back to L's order.
+    product_axes = (*lhs_batch, *lhs_free, *c_axes)
+    product = lax.dot_general(
+        cotangent,
+        rhs,
+        ((summed, rhs_free), (batch, rhs_batch)),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        out_sharding=_cotangent_sharding(lhs_type, product_axes),
     )
-
-    def dy_first(cotangent: jax.Array, rhs: jax.Array) -> jax.Array:
-        # Σ_j pairs Y's rhs-free axes with R's free axes, b stays paired with R's batch axes; the
-        # product's axes are (b, i, c).
-        product_axes = (*lhs_batch, *lhs_free, *c_axes)
-        product = dot(
-            cotangent,
-            rhs,
-            ((summed, rhs_free), (batch, rhs_batch)),
-            out_sharding=_cotangent_sharding(lhs_type, product_axes),
-        )
-        return _transpose(product, tuple(np.argsort(product_axes, kind="stable")))
-
-    if _tuning.saved_first_pays(cotangent, rhs, summed, lhs_type):
-        # Always traced (the public functions are jitted): resolved when compiled for a platform.
-        saved_first = partial(
-            _tuning.saved_first,
-            dot=dot,
-            summed=summed,
-            rhs_dimension_numbers=(rhs_contract, rhs_batch, rhs_free),
-            product_axes=(*lhs_batch, *c_axes, *lhs_free),
-            sharding=partial(_cotangent_sharding, lhs_type),
-        )
-        lhs_cotangent = lax.platform_dependent(cotangent, rhs, cpu=saved_first, default=dy_first)
-    else:
-        lhs_cotangent = dy_first(cotangent, rhs)
+    lhs_cotangent = _transpose(product, tuple(np.argsort(product_axes, kind="stable")))
     return _cast_like(lhs_cotangent, lhs_type)
 
 
