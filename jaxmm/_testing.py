@@ -10,7 +10,6 @@ element when they fail.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,7 +49,7 @@ def random_array(rng: np.random.Generator, shape: Sequence[int], dtype: Any) -> 
     return jnp.asarray(values, dtype)
 
 
-def _rng(seed: int) -> np.random.Generator:
+def checks_rng(seed: int) -> np.random.Generator:
     """The checks' own random stream for ``seed``: not ``np.random.default_rng(seed)``, whose
     values a test's arguments are often drawn from (a cotangent equal to an argument can make a
     wrong rule's answer coincide with the right one, e.g. ``xᵀx`` is symmetric)."""
@@ -99,7 +98,7 @@ def assert_allclose(
     )
 
 
-def _outputs_and_cotangents(
+def outputs_and_cotangents(
     fn: Callable[..., Any], args: tuple[Any, ...], cotangent: Any
 ) -> tuple[Any, Any]:
     out, vjp = jax.vjp(fn, *args)
@@ -141,7 +140,7 @@ def check_vjp(
       >>> from jaxmm.testing import check_vjp
       >>> check_vjp(jaxmm.matmul, jnp.matmul, jnp.ones((3, 4)), jnp.ones((4, 2)))
     """
-    rng = _rng(seed)
+    rng = checks_rng(seed)
     expected_out = jax.eval_shape(reference, *args)
     actual_out = jax.eval_shape(fn, *args)
     actual_leaves, actual_structure = jax.tree_util.tree_flatten_with_path(actual_out)
@@ -160,8 +159,8 @@ def check_vjp(
 
     def both(args: tuple[Any, ...], cotangent: Any) -> tuple[Any, Any]:
         return (
-            _outputs_and_cotangents(fn, args, cotangent),
-            _outputs_and_cotangents(reference, args, cotangent),
+            outputs_and_cotangents(fn, args, cotangent),
+            outputs_and_cotangents(reference, args, cotangent),
         )
 
     for mode in modes:
@@ -169,18 +168,7 @@ def check_vjp(
             raise ValueError(f"check_vjp modes are 'jit' and 'eager', got {mode!r}.")
         # Under jit both sides are one program: one compilation per check.
         actual, expected = (jax.jit(both) if mode == "jit" else both)(args, cotangent)
-        for what, a_tree, e_tree in (
-            ("output", actual[0], expected[0]),
-            ("cotangent", actual[1], expected[1]),
-        ):
-            a_leaves, a_structure = jax.tree_util.tree_flatten_with_path(a_tree)
-            e_leaves, e_structure = jax.tree_util.tree_flatten_with_path(e_tree)
-            if not _same_tree(a_structure, e_structure):
-                raise AssertionError(
-                    f"{what} ({mode}): tree structure {a_structure} != expected {e_structure}"
-                )
-            for (path, a), (_, e) in zip(a_leaves, e_leaves):
-                assert_allclose(a, e, f"{_name(what, path)} ({mode})", rtol, atol)
+        _compare(("output", "cotangent"), actual, expected, f" ({mode})", rtol, atol)
 
 
 def check_jvp(
@@ -207,23 +195,35 @@ def check_jvp(
       >>> from jaxmm.testing import check_jvp
       >>> check_jvp(jaxmm.matmul, jnp.matmul, jnp.ones((3, 4)), jnp.ones((4, 2)))
     """
-    rng = _rng(seed)
+    rng = checks_rng(seed)
     tangents = jax.tree.map(lambda x: cotangent_like(rng, jnp.asarray(x)), args)
 
     def both(args: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[Any, Any]:
         return jax.jvp(fn, args, tangents), jax.jvp(reference, args, tangents)
 
     actual, expected = jax.jit(both)(args, tangents)
-    for what, a_tree, e_tree in (
-        ("output", actual[0], expected[0]),
-        ("tangent of output", actual[1], expected[1]),
-    ):
+    _compare(("output", "tangent of output"), actual, expected, "", rtol, atol)
+
+
+def _compare(
+    names: tuple[str, str],
+    actual: tuple[Any, Any],
+    expected: tuple[Any, Any],
+    mode: str,
+    rtol: float | None,
+    atol: float | None,
+) -> None:
+    """The two trees of ``actual`` (outputs, then cotangents or tangents) against ``expected``'s:
+    the same structure, and every leaf ``assert_allclose``."""
+    for what, a_tree, e_tree in zip(names, actual, expected):
         a_leaves, a_structure = jax.tree_util.tree_flatten_with_path(a_tree)
         e_leaves, e_structure = jax.tree_util.tree_flatten_with_path(e_tree)
         if not _same_tree(a_structure, e_structure):
-            raise AssertionError(f"{what}: tree structure {a_structure} != expected {e_structure}")
+            raise AssertionError(
+                f"{what}{mode}: tree structure {a_structure} != expected {e_structure}"
+            )
         for (path, a), (_, e) in zip(a_leaves, e_leaves):
-            assert_allclose(a, e, what + jax.tree_util.keystr(path), rtol, atol)
+            assert_allclose(a, e, f"{_name(what, path)}{mode}", rtol, atol)
 
 
 def _same_tree(a: Any, b: Any) -> bool:
@@ -232,77 +232,10 @@ def _same_tree(a: Any, b: Any) -> bool:
 
 def _name(what: str, path: tuple[Any, ...]) -> str:
     """``output``, ``output['key']``, ``cotangent of argument 1``, ``... argument 1[0]``."""
-    if what == "output":
-        return "output" + jax.tree_util.keystr(path)
+    if what != "cotangent":  # an output, or its tangent
+        return what + jax.tree_util.keystr(path)
     argument, rest = path[0], path[1:]
     return f"cotangent of argument {argument.idx}" + jax.tree_util.keystr(rest)
-
-
-_COLLECTIVES = (
-    "all-reduce",
-    "all-gather",
-    "reduce-scatter",
-    "all-to-all",
-    "collective-permute",
-    "collective-broadcast",
-)
-
-
-def structure(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
-    """What the compiled program of ``fn``'s VJP (forward and backward, one random cotangent) is
-    made of: its number of dot instructions, its XLA FLOPs, and its number of each collective."""
-    out = jax.eval_shape(fn, *args)
-    rng = _rng(0)
-    cotangent = jax.tree.map(lambda x: cotangent_like(rng, x), out)
-    compiled = (
-        jax.jit(_outputs_and_cotangents, static_argnums=0).lower(fn, args, cotangent).compile()
-    )
-    text = compiled.as_text() or ""
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    figures: dict[str, Any] = {
-        "dots": len(re.findall(r"\bdot\(", text)),
-        "flops": (cost or {}).get("flops"),
-    }
-    for name in _COLLECTIVES:
-        figures[name] = len(re.findall(rf"\b{name}(?:-start)?\(", text))
-    return figures
-
-
-def check_structure(
-    fn: Callable[..., Any],
-    reference: Callable[..., Any],
-    *args: Any,
-    compare: Sequence[str] = ("dots", "flops", "collectives"),
-) -> dict[str, Any]:
-    """Assert that the compiled VJP program of ``fn`` has the reference's dot count, XLA FLOPs
-    and collectives, and return ``fn``'s figures (see :func:`structure`).
-
-    A custom rule that computes a product it need not (or one twice), that materialises a
-    broadcast, or that gathers a sharded operand shows up here even when its values are right.
-    ``compare`` picks the figures compared: XLA's FLOPs count elementwise work too, so a function
-    that does more than its reference by design (quantizing, say) compares ``("dots",
-    "collectives")`` only.
-
-    Example:
-      >>> import jax.numpy as jnp, jaxmm
-      >>> from jaxmm.testing import check_structure
-      >>> check_structure(jaxmm.matmul, jnp.matmul, jnp.ones((8, 4)), jnp.ones((4, 2)))["dots"]
-      3
-    """
-    unknown = set(compare) - {"dots", "flops", "collectives"}
-    if unknown:
-        raise ValueError(f"check_structure compares dots, flops and collectives, got {unknown}.")
-    ours, theirs = structure(fn, *args), structure(reference, *args)
-    keys = [k for k in theirs if (k if k in ("dots", "flops") else "collectives") in compare]
-    differences = [
-        f"{key}: {ours[key]} (expected {theirs[key]})" for key in keys if ours[key] != theirs[key]
-    ]
-    if differences:
-        raise AssertionError(
-            "compiled VJP program differs from the reference's: " + "; ".join(differences)
-        )
-    return ours
 
 
 def check_finite_differences(
@@ -346,7 +279,7 @@ def check_finite_differences(
         out = jax.eval_shape(fn, *wide)
         if not all(jnp.issubdtype(leaf.dtype, np.floating) for leaf in jax.tree.leaves(out)):
             raise TypeError("check_finite_differences needs real floating outputs.")
-        rng = _rng(seed)
+        rng = checks_rng(seed)
         upstream = jax.tree.map(lambda x: rng.standard_normal(x.shape), out)
 
         def loss(*xs: Any) -> Any:

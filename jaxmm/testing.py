@@ -12,13 +12,13 @@
 See ``docs/testing.md`` for a worked example on a user's own quantized ``custom_vjp`` product.
 """
 
+from ._structure import check_structure as check_structure
+from ._structure import structure as structure
 from ._testing import TOLERANCE as TOLERANCE
 from ._testing import assert_allclose as assert_allclose
 from ._testing import check_finite_differences as check_finite_differences
 from ._testing import check_jvp as check_jvp
-from ._testing import check_structure as check_structure
 from ._testing import check_vjp as check_vjp
-from ._testing import structure as structure
 from ._testing import tolerance as tolerance
 
 __all__ = [

@@ -4,6 +4,7 @@ from types import ModuleType
 import jax
 import numpy as np
 import pytest
+from cases import MECHANISMS
 
 # tests/multidevice needs 8 devices and runs in its own process (test_multidevice.py); the
 # multi-process worker is a script, not a test module.
@@ -91,3 +92,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(params=MECHANISMS, ids=lambda module: module.__name__)
+def mechanism(request):
+    """``jaxmm`` or ``jaxmm.experimental``: a test of behaviour both offer runs once for each."""
+    return request.param

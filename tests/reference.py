@@ -8,18 +8,12 @@ import contextlib
 import jax
 import jax.extend
 import jax.extend.core
-import jax.numpy as jnp
 import numpy as np
 
 from jaxmm._testing import TOLERANCE as TOLERANCE
-from jaxmm._testing import assert_allclose, check_vjp
+from jaxmm._testing import assert_allclose, check_jvp, check_vjp
 from jaxmm._testing import cotangent_like as cotangent_like
 from jaxmm._testing import random_array as random_array
-
-FLOAT_DTYPES = [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64]
-COMPLEX_DTYPES = [jnp.complex64, jnp.complex128]
-EXACT_DTYPES = [jnp.int8, jnp.int32, jnp.bool_]
-ALL_DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES + EXACT_DTYPES
 
 
 def x64_context(*dtypes) -> contextlib.AbstractContextManager:
@@ -40,9 +34,17 @@ def assert_same_vjp(fn, reference, *primals, seed: int = 0, jit: bool = True) ->
     check_vjp(fn, reference, *primals, seed=seed, modes=("jit",) if jit else ("eager",))
 
 
+def assert_same_derivatives(fn, reference, *primals, seed: int = 0) -> None:
+    """Reverse and forward mode: ``assert_same_vjp`` and ``jaxmm.testing.check_jvp`` (random
+    tangents), each in one jitted program. Every jaxmm function with its default options has both
+    modes, whichever mechanism computes it."""
+    assert_same_vjp(fn, reference, *primals, seed=seed)
+    check_jvp(fn, reference, *primals, seed=seed)
+
+
 def saved_arrays(vjp) -> list:
     """The arrays a VJP closure keeps for the backward pass. jaxmm marks an operand it does not
-    save with an empty array (0 bytes; see ``_not_saved``), which is left out here."""
+    save with an empty array (0 bytes; see ``jaxmm._compat.not_saved_marker``), which is left out here."""
     return [x for x in jax.tree.leaves(vjp) if x.size]
 
 

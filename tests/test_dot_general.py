@@ -7,44 +7,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cases import ALL_DTYPES, DOT_GENERAL_CASES
 from jax import lax
-from reference import ALL_DTYPES, assert_same_vjp, primitive_names, random_array, x64_context
+from reference import (
+    assert_same_derivatives,
+    primitive_names,
+    random_array,
+    x64_context,
+)
 
 import jaxmm
-
-# (lhs.shape, rhs.shape, ((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch)))
-DOT_GENERAL_CASES = [
-    ((3, 4), (4, 5), (((1,), (0,)), ((), ()))),  # Y = X W
-    ((4, 3), (4, 5), (((0,), (0,)), ((), ()))),  # Xᵀ W
-    ((3, 4), (5, 4), (((1,), (1,)), ((), ()))),  # X Wᵀ (the Flax kernel layout, transposed)
-    ((4,), (4,), (((0,), (0,)), ((), ()))),  # inner product
-    ((3,), (4,), (((), ()), ((), ()))),  # outer product of vectors
-    ((2, 3), (4, 5), (((), ()), ((), ()))),  # outer product of matrices
-    ((), (3, 2), (((), ()), ((), ()))),  # a 0-d operand: scaling
-    ((3, 4), (3, 4), (((0, 1), (0, 1)), ((), ()))),  # full contraction to a scalar
-    ((3, 4), (3, 4), (((), ()), ((0, 1), (0, 1)))),  # batch only: elementwise product
-    ((2, 3, 4), (3, 4, 5), (((1, 2), (0, 1)), ((), ()))),  # two contracting axes
-    ((2, 3, 4), (4, 3, 5), (((1, 2), (1, 0)), ((), ()))),  # ... paired in swapped order
-    ((2, 3, 4), (2, 4, 5), (((2,), (1,)), ((0,), (0,)))),  # leading batch axis
-    ((3, 2, 4), (4, 5, 2), (((2,), (0,)), ((1,), (2,)))),  # batch axes in the middle / last
-    ((2, 3, 4, 5), (3, 2, 5, 6), (((3,), (2,)), ((0, 1), (1, 0)))),  # batch pairs crossed
-    ((5, 2, 3, 6), (6, 3, 7, 2), (((3,), (0,)), ((1, 2), (3, 1)))),
-    ((2, 6, 3, 4), (4, 2, 3), (((2, 3), (2, 0)), ((0,), (1,)))),  # batch + 2 contracting
-    ((0, 3), (3, 4), (((1,), (0,)), ((), ()))),  # empty free axis
-    ((3, 0), (0, 4), (((1,), (0,)), ((), ()))),  # empty contraction
-    ((0, 2, 3), (0, 3, 4), (((2,), (1,)), ((0,), (0,)))),  # empty batch
-]
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("lhs_shape, rhs_shape, dimension_numbers", DOT_GENERAL_CASES, ids=str)
-def test_dot_general_matches_lax(lhs_shape, rhs_shape, dimension_numbers, dtype):
+def test_dot_general_matches_lax(mechanism, lhs_shape, rhs_shape, dimension_numbers, dtype):
     rng = np.random.default_rng(0)
     with x64_context(dtype):
         lhs = random_array(rng, lhs_shape, dtype)
         rhs = random_array(rng, rhs_shape, dtype)
-        assert_same_vjp(
-            lambda l, r: jaxmm.dot_general(l, r, dimension_numbers),
+        assert_same_derivatives(
+            lambda l, r: mechanism.dot_general(l, r, dimension_numbers),
             lambda l, r: lax.dot_general(l, r, dimension_numbers),
             lhs,
             rhs,
@@ -63,20 +46,22 @@ def test_dot_general_matches_lax(lhs_shape, rhs_shape, dimension_numbers, dtype)
     ],
     ids=str,
 )
-def test_dot_general_mixed_and_preferred_dtypes(lhs_dtype, rhs_dtype, preferred):
+def test_dot_general_mixed_and_preferred_dtypes(mechanism, lhs_dtype, rhs_dtype, preferred):
     rng = np.random.default_rng(1)
     dimension_numbers = (((2,), (1,)), ((0,), (0,)))
     lhs = random_array(rng, (2, 3, 4), lhs_dtype)
     rhs = random_array(rng, (2, 4, 5), rhs_dtype)
-    assert_same_vjp(
-        lambda l, r: jaxmm.dot_general(l, r, dimension_numbers, preferred_element_type=preferred),
+    assert_same_derivatives(
+        lambda l, r: mechanism.dot_general(
+            l, r, dimension_numbers, preferred_element_type=preferred
+        ),
         lambda l, r: lax.dot_general(l, r, dimension_numbers, preferred_element_type=preferred),
         lhs,
         rhs,
     )
 
 
-def test_dot_general_accepts_dimension_numbers_in_any_sequence_form():
+def test_dot_general_accepts_dimension_numbers_in_any_sequence_form(mechanism):
     rng = np.random.default_rng(2)
     lhs = random_array(rng, (2, 3, 4), jnp.float32)
     rhs = random_array(rng, (2, 4, 5), jnp.float32)
@@ -86,7 +71,7 @@ def test_dot_general_accepts_dimension_numbers_in_any_sequence_form():
         (((np.int64(2),), (np.int32(1),)), (np.array([0]), (0,))),
         ((2, 1), (0, 0)),  # single ints, as lax.dot_general accepts
     ]:
-        actual = jaxmm.dot_general(lhs, rhs, dimension_numbers)
+        actual = mechanism.dot_general(lhs, rhs, dimension_numbers)
         np.testing.assert_array_equal(actual, expected)
 
 
@@ -112,13 +97,13 @@ def test_matmul_signature_is_jnp_matmul():
 
 
 @pytest.mark.parametrize("precision", ["highest", ("high", "default"), lax.Precision.HIGHEST])
-def test_dot_general_precision(precision):
+def test_dot_general_precision(mechanism, precision):
     rng = np.random.default_rng(3)
     lhs = random_array(rng, (3, 5), jnp.float32)
     rhs = random_array(rng, (4, 5), jnp.float32)
     dimension_numbers = (((1,), (1,)), ((), ()))
-    assert_same_vjp(
-        lambda l, r: jaxmm.dot_general(l, r, dimension_numbers, precision),
+    assert_same_derivatives(
+        lambda l, r: mechanism.dot_general(l, r, dimension_numbers, precision),
         lambda l, r: lax.dot_general(l, r, dimension_numbers, precision),
         lhs,
         rhs,

@@ -11,7 +11,6 @@ import pytest
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 from reference import (
-    ALL_DTYPES,
     assert_close,
     assert_same_vjp,
     cotangent_like,
@@ -19,9 +18,6 @@ from reference import (
     random_array,
     x64_context,
 )
-from test_dot_general import DOT_GENERAL_CASES
-from test_einsum import EINSUM_CASES
-from test_matmul import MATMUL_SHAPES
 
 import jaxmm
 
@@ -67,112 +63,9 @@ def _loss(matmul):
     return lambda a, b: jnp.sum(jnp.sin(matmul(a, b)))
 
 
-# The case tables of the default functions: every case in float32, all dtypes on a few.
-
-SWEEP_DTYPES = pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: np.dtype(d).name)
-
-
-@pytest.mark.parametrize("a_shape, b_shape", MATMUL_SHAPES, ids=str)
-def test_matmul_jvp_and_vjp_match_jnp(a_shape, b_shape):
-    a, b = _operands(0, a_shape, b_shape)
-    assert_same_jvp_and_vjp(experimental.matmul, jnp.matmul, a, b)
-
-
-@SWEEP_DTYPES
-@pytest.mark.parametrize("a_shape, b_shape", [((2, 3, 4), (4, 5))], ids=str)
-def test_matmul_dtypes(a_shape, b_shape, dtype):
-    with x64_context(dtype):
-        a, b = _operands(1, a_shape, b_shape, dtype)
-        assert_same_jvp_and_vjp(experimental.matmul, jnp.matmul, a, b)
-
-
-@pytest.mark.parametrize("lhs_shape, rhs_shape, dimension_numbers", DOT_GENERAL_CASES, ids=str)
-def test_dot_general_jvp_and_vjp_match_lax(lhs_shape, rhs_shape, dimension_numbers):
-    lhs, rhs = _operands(2, lhs_shape, rhs_shape)
-    assert_same_jvp_and_vjp(
-        lambda l, r: experimental.dot_general(l, r, dimension_numbers),
-        lambda l, r: lax.dot_general(l, r, dimension_numbers),
-        lhs,
-        rhs,
-    )
-
-
-@SWEEP_DTYPES
-def test_dot_general_dtypes(dtype):
-    dimension_numbers = (((3,), (2,)), ((0, 1), (1, 0)))
-    with x64_context(dtype):
-        lhs, rhs = _operands(3, (2, 3, 4, 5), (3, 2, 5, 6), dtype)
-        assert_same_jvp_and_vjp(
-            lambda l, r: experimental.dot_general(l, r, dimension_numbers),
-            lambda l, r: lax.dot_general(l, r, dimension_numbers),
-            lhs,
-            rhs,
-        )
-
-
-@pytest.mark.parametrize("subscripts, a_shape, b_shape", EINSUM_CASES, ids=str)
-def test_einsum_jvp_and_vjp_match_jnp(subscripts, a_shape, b_shape):
-    a, b = _operands(4, a_shape, b_shape)
-    assert_same_jvp_and_vjp(
-        lambda a, b: experimental.einsum(subscripts, a, b),
-        lambda a, b: jnp.einsum(subscripts, a, b),
-        a,
-        b,
-    )
-
-
-@pytest.mark.parametrize(
-    "subscripts, shapes",
-    [
-        ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 5)]),  # a chain: two products
-        ("bij,bjk,kl->bil", [(2, 3, 4), (2, 4, 5), (5, 3)]),
-        ("ii,ij->j", [(3, 3), (3, 4)]),  # a diagonal, then a product
-        ("ij->ji", [(3, 4)]),  # no product at all
-    ],
-    ids=str,
-)
-def test_einsum_of_any_number_of_operands(subscripts, shapes):
-    rng = np.random.default_rng(23)
-    operands = [random_array(rng, shape, jnp.float32) for shape in shapes]
-    assert_same_jvp_and_vjp(
-        lambda *xs: experimental.einsum(subscripts, *xs),
-        lambda *xs: jnp.einsum(subscripts, *xs),
-        *operands,
-    )
-
-
-@SWEEP_DTYPES
-def test_einsum_dtypes(dtype):
-    with x64_context(dtype):
-        a, b = _operands(22, (2, 3, 4), (2, 4, 5), dtype)
-        assert_same_jvp_and_vjp(
-            lambda a, b: experimental.einsum("bij,bjk->bki", a, b),
-            lambda a, b: jnp.einsum("bij,bjk->bki", a, b),
-            a,
-            b,
-        )
-
-
-@pytest.mark.parametrize(
-    "a_dtype, b_dtype, preferred",
-    [
-        (jnp.bfloat16, jnp.bfloat16, jnp.float32),
-        (jnp.bfloat16, jnp.float32, None),
-        (jnp.int32, jnp.float32, None),
-        (jnp.float32, jnp.complex64, None),
-        (jnp.int8, jnp.int8, jnp.int32),
-    ],
-    ids=str,
-)
-def test_mixed_and_preferred_dtypes(a_dtype, b_dtype, preferred):
-    rng = np.random.default_rng(5)
-    a, b = random_array(rng, (2, 3, 4), a_dtype), random_array(rng, (4, 5), b_dtype)
-    assert_same_jvp_and_vjp(
-        lambda a, b: experimental.matmul(a, b, preferred_element_type=preferred),
-        lambda a, b: jnp.matmul(a, b, preferred_element_type=preferred),
-        a,
-        b,
-    )
+# The case tables (shapes, dtypes, mixed and preferred dtypes, errors) run for both mechanisms in
+# tests/test_matmul.py, test_dot_general.py, test_einsum.py and test_products.py, in reverse and
+# forward mode; this module tests what is the primitive's own.
 
 
 def test_precision_reaches_every_product():
@@ -555,14 +448,3 @@ def test_forward_mode_doc_runs():
     assert blocks
     for block in blocks:
         exec(compile(block, "docs/forward_mode.md", "exec"), {})
-
-
-def test_weak_types_and_numpy_inputs_like_jnp():
-    weak = jax.lax.broadcast(2.0, (3,))  # a weakly-typed float32[3]
-    strong = jnp.ones(3, jnp.float32)
-    for a, b in [(weak, weak), (weak, strong)]:
-        assert jax.typeof(experimental.matmul(a, b)) == jax.typeof(jnp.matmul(a, b))
-        tangent = jax.jvp(experimental.matmul, (a, b), (a, b))[1]
-        assert jax.typeof(tangent) == jax.typeof(jax.jvp(jnp.matmul, (a, b), (a, b))[1])
-    a = np.arange(6.0, dtype=np.float32).reshape(2, 3)
-    np.testing.assert_array_equal(experimental.matmul(a, a.T), jnp.matmul(a, a.T))

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cases import ALL_DTYPES, DISTINCT, NAMES, PRODUCT_CASES
 from reference import (
-    ALL_DTYPES,
     assert_close,
-    assert_same_vjp,
+    assert_same_derivatives,
     random_array,
     x64_context,
 )
@@ -18,85 +18,39 @@ from reference import (
 import jaxmm
 from jaxmm.testing import check_structure, check_vjp
 
-NAMES = ["dot", "tensordot", "vdot", "inner", "outer", "matvec", "vecmat", "vecdot"]
-# The functions with their own layout code around the product: plain, conjugated, flattened,
-# through matmul's plan (the others differ from these in dimension numbers only).
-DISTINCT = ["dot", "vdot", "outer", "vecmat", "vecdot"]
 
-# (function name, operand shapes, keyword arguments): 0-d operands, vectors, matrices, stacks,
-# broadcasting, size-0 axes, every form of tensordot's axes, vecdot's axis.
-CASES = [
-    ("dot", (3, 4), (4, 5), {}),
-    ("dot", (4,), (4,), {}),
-    ("dot", (3, 4), (4,), {}),
-    ("dot", (4,), (4, 5), {}),
-    ("dot", (), (3, 2), {}),
-    ("dot", (2, 3), (), {}),
-    ("dot", (2, 3, 4), (5, 4, 6), {}),  # no broadcasting: both stacks kept
-    ("dot", (0, 4), (4, 5), {}),
-    ("dot", (3, 0), (0, 5), {}),
-    ("tensordot", (2, 3, 4), (3, 4, 5), {}),  # default axes=2
-    ("tensordot", (2, 3), (3, 4), {"axes": 1}),
-    ("tensordot", (2, 3), (4, 5), {"axes": 0}),  # outer product
-    ("tensordot", (2, 3, 4), (4, 3, 5), {"axes": ((1, 2), (1, 0))}),
-    ("tensordot", (2, 3, 4), (5, 4), {"axes": (-1, 1)}),
-    ("tensordot", (2, 3, 4), (4, 3), {"axes": [[-1, 1], [0, 1]]}),
-    ("tensordot", (3,), (3,), {"axes": 1}),
-    ("vdot", (4,), (4,), {}),
-    ("vdot", (2, 3), (3, 2), {}),  # flattened
-    ("vdot", (), (), {}),
-    ("inner", (3,), (3,), {}),
-    ("inner", (2, 3), (5, 3), {}),
-    ("inner", (2, 4, 3), (3,), {}),
-    ("inner", (), (2, 3), {}),
-    ("inner", (2, 3), (), {}),
-    ("outer", (3,), (4,), {}),
-    ("outer", (2, 3), (4,), {}),  # flattened
-    ("outer", (), (2,), {}),
-    ("matvec", (2, 3), (3,), {}),
-    ("matvec", (5, 2, 3), (5, 3), {}),
-    ("matvec", (5, 1, 2, 3), (4, 3), {}),  # broadcast leading axes
-    ("matvec", (1, 2, 3), (5, 3), {}),
-    ("matvec", (0, 2, 3), (0, 3), {}),
-    ("vecmat", (3,), (3, 2), {}),
-    ("vecmat", (5, 3), (5, 3, 2), {}),
-    ("vecmat", (5, 3), (1, 3, 2), {}),
-    ("vecmat", (4, 1, 3), (5, 3, 2), {}),
-    ("vecdot", (3,), (3,), {}),
-    ("vecdot", (5, 3), (5, 3), {}),
-    ("vecdot", (5, 3), (1, 3), {}),
-    ("vecdot", (4, 1, 3), (5, 3), {}),
-    ("vecdot", (3, 5), (3, 5), {"axis": 0}),
-    ("vecdot", (2, 3, 4), (1, 3, 4), {"axis": -2}),
-]
-
-
-def _fns(name, kwargs):
-    ours, theirs = getattr(jaxmm, name), getattr(jnp, name)
+def _fns(module, name, kwargs):
+    """``module``'s function ``name`` (jaxmm's or jaxmm.experimental's) and jnp's, with
+    ``kwargs``."""
+    ours, theirs = getattr(module, name), getattr(jnp, name)
     return (lambda a, b: ours(a, b, **kwargs)), (lambda a, b: theirs(a, b, **kwargs))
 
 
-def _check(name, a_shape, b_shape, kwargs, a_dtype, b_dtype=None, seed=0):
+def _check(module, name, a_shape, b_shape, kwargs, a_dtype, b_dtype=None, seed=0):
     rng = np.random.default_rng(seed)
     b_dtype = a_dtype if b_dtype is None else b_dtype
     with x64_context(a_dtype, b_dtype), jax.numpy_rank_promotion("allow"):
         a, b = random_array(rng, a_shape, a_dtype), random_array(rng, b_shape, b_dtype)
-        assert_same_vjp(*_fns(name, kwargs), a, b)
+        assert_same_derivatives(*_fns(module, name, kwargs), a, b)
 
 
-@pytest.mark.parametrize("name, a_shape, b_shape, kwargs", CASES, ids=str)
-def test_product_matches_jnp(name, a_shape, b_shape, kwargs):
-    _check(name, a_shape, b_shape, kwargs, jnp.complex64)  # complex: conjugations must be right
+@pytest.mark.parametrize("name, a_shape, b_shape, kwargs", PRODUCT_CASES, ids=str)
+def test_product_matches_jnp(mechanism, name, a_shape, b_shape, kwargs):
+    _check(
+        mechanism, name, a_shape, b_shape, kwargs, jnp.complex64
+    )  # complex: conjugations must be right
 
 
 # Every dtype on one case per function (the case tables above show the shapes).
-ONE_CASE_EACH = [next(case for case in CASES if case[0] == name and case[1]) for name in NAMES]
+ONE_CASE_EACH = [
+    next(case for case in PRODUCT_CASES if case[0] == name and case[1]) for name in NAMES
+]
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("name, a_shape, b_shape, kwargs", ONE_CASE_EACH, ids=lambda c: str(c))
-def test_product_every_dtype(name, a_shape, b_shape, kwargs, dtype):
-    _check(name, a_shape, b_shape, kwargs, dtype)
+def test_product_every_dtype(mechanism, name, a_shape, b_shape, kwargs, dtype):
+    _check(mechanism, name, a_shape, b_shape, kwargs, dtype)
 
 
 @pytest.mark.parametrize(
@@ -105,16 +59,16 @@ def test_product_every_dtype(name, a_shape, b_shape, kwargs, dtype):
     ids=str,
 )
 @pytest.mark.parametrize("name", DISTINCT)
-def test_product_promotes_mixed_dtypes_like_jnp(name, a_dtype, b_dtype):
+def test_product_promotes_mixed_dtypes_like_jnp(mechanism, name, a_dtype, b_dtype):
     _, a_shape, b_shape, kwargs = ONE_CASE_EACH[NAMES.index(name)]
-    _check(name, a_shape, b_shape, kwargs, a_dtype, b_dtype, seed=1)
+    _check(mechanism, name, a_shape, b_shape, kwargs, a_dtype, b_dtype, seed=1)
 
 
 @pytest.mark.parametrize("name", ["dot", "tensordot", "vdot", "inner", "vecdot"])
-def test_product_precision_and_preferred_element_type(name):
+def test_product_precision_and_preferred_element_type(mechanism, name):
     _, a_shape, b_shape, kwargs = ONE_CASE_EACH[NAMES.index(name)]
     kwargs = {**kwargs, "precision": "highest", "preferred_element_type": jnp.float32}
-    _check(name, a_shape, b_shape, kwargs, jnp.bfloat16, seed=2)
+    _check(mechanism, name, a_shape, b_shape, kwargs, jnp.bfloat16, seed=2)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -131,25 +85,25 @@ def test_product_signature_is_jnps_plus_the_residual_options(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_product_goes_through_the_custom_rule(name):
     _, a_shape, b_shape, kwargs = ONE_CASE_EACH[NAMES.index(name)]
-    ours, _ = _fns(name, kwargs)
+    ours, _ = _fns(jaxmm, name, kwargs)
     jaxpr = jax.make_jaxpr(ours)(jnp.ones(a_shape), jnp.ones(b_shape))
     assert "jaxmm_dot_general" in str(jaxpr)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_product_under_vmap(name):
+def test_product_under_vmap(mechanism, name):
     _, a_shape, b_shape, kwargs = ONE_CASE_EACH[NAMES.index(name)]
-    ours, theirs = _fns(name, kwargs)
+    ours, theirs = _fns(mechanism, name, kwargs)
     rng = np.random.default_rng(3)
     a = random_array(rng, (2, *a_shape), jnp.float32)
     b = random_array(rng, (2, *b_shape), jnp.float32)
-    assert_same_vjp(jax.vmap(ours), jax.vmap(theirs), a, b)
+    assert_same_derivatives(jax.vmap(ours), jax.vmap(theirs), a, b)
 
 
 @pytest.mark.parametrize("name", DISTINCT)
-def test_product_hessian(name):
+def test_product_hessian(mechanism, name):
     _, a_shape, b_shape, kwargs = ONE_CASE_EACH[NAMES.index(name)]
-    ours, theirs = _fns(name, kwargs)
+    ours, theirs = _fns(mechanism, name, kwargs)
     rng = np.random.default_rng(3)
     a = random_array(rng, a_shape, jnp.float32)
     b = random_array(rng, b_shape, jnp.float32)
@@ -178,15 +132,15 @@ def test_compiled_gradient_has_jnps_dots_and_flops(name, a_shape, b_shape, kwarg
     out: jnp.outer multiplies, jaxmm.outer is a dot_general with no contracted axis, whose
     cotangents are matrix-vector products)."""
     a, b = jnp.ones(a_shape, jnp.complex64), jnp.ones(b_shape, jnp.complex64)
-    check_structure(*_fns(name, kwargs), a, b)
+    check_structure(*_fns(jaxmm, name, kwargs), a, b)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_product_eagerly(name):
+def test_product_eagerly(mechanism, name):
     _, a_shape, b_shape, kwargs = ONE_CASE_EACH[NAMES.index(name)]
     rng = np.random.default_rng(4)
     a, b = random_array(rng, a_shape, jnp.complex64), random_array(rng, b_shape, jnp.complex64)
-    check_vjp(*_fns(name, kwargs), a, b, modes=("eager",))
+    check_vjp(*_fns(mechanism, name, kwargs), a, b, modes=("eager",))
 
 
 def test_residual_dtype_reaches_the_product():
@@ -230,8 +184,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("name, a_shape, b_shape, kwargs, fragments", BAD, ids=str)
-def test_product_refuses_bad_input_like_jnp(name, a_shape, b_shape, kwargs, fragments):
-    ours, theirs = _fns(name, kwargs)
+def test_product_refuses_bad_input_like_jnp(mechanism, name, a_shape, b_shape, kwargs, fragments):
+    ours, theirs = _fns(mechanism, name, kwargs)
     a, b = jnp.ones(a_shape), jnp.ones(b_shape)
     with jax.numpy_rank_promotion("allow"):
         expected = _raised_by(theirs, a, b)
@@ -245,19 +199,19 @@ def test_product_refuses_bad_input_like_jnp(name, a_shape, b_shape, kwargs, frag
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_product_refuses_lists_like_jnp(name):
-    ours, theirs = _fns(name, {"axes": 1} if name == "tensordot" else {})
+def test_product_refuses_lists_like_jnp(mechanism, name):
+    ours, theirs = _fns(mechanism, name, {"axes": 1} if name == "tensordot" else {})
     expected = _raised_by(theirs, [1.0, 2.0], jnp.ones(2))
     with pytest.raises(expected, match="list"):
         ours([1.0, 2.0], jnp.ones(2))
 
 
-def test_outer_refuses_out_like_jnp():
+def test_outer_refuses_out_like_jnp(mechanism):
     with pytest.raises(NotImplementedError):
-        jaxmm.outer(jnp.ones(2), jnp.ones(2), out=jnp.ones((2, 2)))
+        mechanism.outer(jnp.ones(2), jnp.ones(2), out=jnp.ones((2, 2)))
 
 
-def test_tensordot_refuses_a_negative_count():
+def test_tensordot_refuses_a_negative_count(mechanism):
     # jnp.tensordot reads axes=-1 as axes=0 (an outer product); jaxmm refuses to guess.
     with pytest.raises(ValueError, match="nonnegative"):
-        jaxmm.tensordot(jnp.ones((2, 3)), jnp.ones((3, 4)), -1)
+        mechanism.tensordot(jnp.ones((2, 3)), jnp.ones((3, 4)), -1)

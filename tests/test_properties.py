@@ -5,10 +5,11 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+from cases import ALL_DTYPES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
-from reference import ALL_DTYPES, assert_same_vjp, random_array, x64_context
+from reference import assert_same_vjp, random_array, x64_context
 
 import jaxmm
 
