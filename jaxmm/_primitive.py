@@ -1,5 +1,3 @@
-# JAX's primitive class declares its rules with *args; a subclass names its operands.
-# pyright: reportIncompatibleMethodOverride=false
 """One JAX primitive for ``dot_general`` that carries every derivative rule written by hand.
 
 ``jax.custom_vjp`` (``_dot_general.py``) gives a function one hand-written rule, its VJP, and JAX
@@ -18,6 +16,9 @@ Batching (``vmap``) needs no new product: a batch axis of both operands becomes 
 ``dot_general`` batch axes, and a batch axis of one operand is one more free axis of it, which the
 product keeps, in a position known from the dimension numbers.
 """
+
+# (pyright) JAX's primitive class declares its rules with *args; a subclass names its operands.
+# pyright: reportIncompatibleMethodOverride=false
 
 from __future__ import annotations
 
