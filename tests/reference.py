@@ -44,7 +44,8 @@ def assert_same_derivatives(fn, reference, *primals, seed: int = 0) -> None:
 
 def saved_arrays(vjp) -> list:
     """The arrays a VJP closure keeps for the backward pass. jaxmm marks an operand it does not
-    save with an empty array (0 bytes; see ``jaxmm._compat.not_saved_marker``), which is left out here."""
+    save with an empty array (0 bytes; see ``jaxmm._compat.not_saved_marker``), which is left
+    out here."""
     return [x for x in jax.tree.leaves(vjp) if x.size]
 
 

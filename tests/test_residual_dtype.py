@@ -308,7 +308,8 @@ def test_flax_linear(residual_dtype, scaling):
 def test_perturbation_patterns_mixed_in_any_order(residual_dtype, scaling):
     """A saved (narrow, scale) pair and the marker of an operand not saved have one tree
     structure, so JAX's per-pattern cache of the forward rule never mixes them up (see
-    ``jaxmm._compat.not_saved_marker``): each pattern's gradients are the ones of both operands at once."""
+    ``jaxmm._compat.not_saved_marker``): each pattern's gradients are the ones of both operands
+    at once."""
     rng = np.random.default_rng(11)
     a, b = random_array(rng, (3, 3), jnp.float32), random_array(rng, (3, 3), jnp.float32)
     mm = jax.jit(
