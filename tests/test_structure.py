@@ -145,28 +145,31 @@ def test_benchmark_step_compiles_to_the_references_program(case):
     assert _transposes_and_copies(ours) == _transposes_and_copies(theirs)
 
 
+# name: the product written with module m (jaxmm or jaxmm.experimental).
 NAMED = [
-    ("matmul", lambda a, b: jaxmm.matmul(a, b)),
-    ("dot_general", lambda a, b: jaxmm.dot_general(a, b, (((1,), (0,)), ((), ())))),
-    ("einsum", lambda a, b: jaxmm.einsum("ij,jk->ik", a, b)),
-    ("dot", lambda a, b: jaxmm.dot(a, b)),
-    ("tensordot", lambda a, b: jaxmm.tensordot(a, b, axes=1)),
-    ("inner", lambda a, b: jaxmm.inner(a, b.T)),
-    ("outer", lambda a, b: jaxmm.outer(a, b)),
-    ("vdot", lambda a, b: jaxmm.vdot(a, b.T)),
-    ("vecdot", lambda a, b: jaxmm.vecdot(a, b.T)),
-    ("matvec", lambda a, b: jaxmm.matvec(a, b[:, 0])),
-    ("vecmat", lambda a, b: jaxmm.vecmat(a[0], b)),
+    ("matmul", lambda m, a, b: m.matmul(a, b)),
+    ("dot_general", lambda m, a, b: m.dot_general(a, b, (((1,), (0,)), ((), ())))),
+    ("einsum", lambda m, a, b: m.einsum("ij,jk->ik", a, b)),
+    ("dot", lambda m, a, b: m.dot(a, b)),
+    ("tensordot", lambda m, a, b: m.tensordot(a, b, axes=1)),
+    ("inner", lambda m, a, b: m.inner(a, b.T)),
+    ("outer", lambda m, a, b: m.outer(a, b)),
+    ("vdot", lambda m, a, b: m.vdot(a, b.T)),
+    ("vecdot", lambda m, a, b: m.vecdot(a, b.T)),
+    ("matvec", lambda m, a, b: m.matvec(a, b[:, 0])),
+    ("vecmat", lambda m, a, b: m.vecmat(a[0], b)),
 ]
 
 
 @pytest.mark.parametrize("name, fn", NAMED, ids=[n for n, _ in NAMED])
-def test_every_product_is_named_in_the_lowered_program(name, fn):
-    """As jnp.einsum names its own: the forward and backward ops carry ``jaxmm.<name>``."""
+def test_every_product_is_named_in_the_lowered_program(mechanism, name, fn):
+    """As jnp.einsum names its own: the forward and backward ops carry ``jaxmm.<name>`` (or
+    ``jaxmm.experimental.<name>``)."""
     a, b = jnp.ones((3, 3)), jnp.ones((3, 3))
-    lowered = jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b)), (0, 1))).lower(a, b)
-    text = lowered.as_text(debug_info=True)
-    assert f"jvp(jaxmm.{name})" in text and f"transpose(jvp(jaxmm.{name}))" in text
+    loss = lambda a, b: jnp.sum(fn(mechanism, a, b))  # noqa: E731
+    text = jax.jit(jax.grad(loss, (0, 1))).lower(a, b).as_text(debug_info=True)
+    scope = f"{mechanism.__name__}.{name}"
+    assert f"jvp({scope})" in text and f"transpose(jvp({scope}))" in text
 
 
 @pytest.mark.parametrize(
