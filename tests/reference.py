@@ -84,3 +84,24 @@ def primitive_names(jaxpr) -> list[str]:
         for sub in sub_jaxprs(eqn.params):
             names.extend(primitive_names(sub))
     return names
+
+
+def operands(seed=0, a_shape=(3, 4), b_shape=(4, 5), dtype=np.float32):
+    """Two random arrays of the given shapes and dtype."""
+    rng = np.random.default_rng(seed)
+    return random_array(rng, a_shape, dtype), random_array(rng, b_shape, dtype)
+
+
+def sin_loss(product):
+    """A non-linear loss of ``product(a, b)``, so that second derivatives are not trivially
+    zero."""
+    return lambda a, b: jax.numpy.sum(jax.numpy.sin(product(a, b)))
+
+
+def raised_by(fn, *args, **kwargs):
+    """The type of the exception ``fn`` raises (AssertionError if it raises none)."""
+    try:
+        fn(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - we want JAX's exception type, whatever it is
+        return type(error)
+    raise AssertionError("the reference accepted this input")

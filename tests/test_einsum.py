@@ -11,6 +11,7 @@ from reference import (
     assert_same_derivatives,
     assert_same_vjp,
     primitive_names,
+    raised_by,
     random_array,
     sub_jaxprs,
     x64_context,
@@ -249,14 +250,6 @@ def test_einsum_signature_is_jnps_plus_the_residual_options():
             assert (ours[name].kind, ours[name].default) == (p.kind, p.default), name
 
 
-def _raised_by(fn, *args, **kwargs):
-    try:
-        fn(*args, **kwargs)
-    except Exception as error:  # noqa: BLE001 - we want JAX's exception type, whatever it is
-        return type(error)
-    raise AssertionError("the reference accepted this input")
-
-
 @pytest.mark.parametrize(
     "subscripts, shapes, fragments",
     [
@@ -273,7 +266,7 @@ def _raised_by(fn, *args, **kwargs):
 )
 def test_einsum_refuses_bad_input_like_jnp(mechanism, subscripts, shapes, fragments):
     operands = [jnp.ones(shape) for shape in shapes]
-    expected = _raised_by(jnp.einsum, subscripts, *operands)
+    expected = raised_by(jnp.einsum, subscripts, *operands)
     with pytest.raises(expected) as error:
         mechanism.einsum(subscripts, *operands)
     for fragment in fragments:

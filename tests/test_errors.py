@@ -5,17 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from reference import raised_by
 
 import jaxmm
-
-
-def _raised_by(fn, *args):
-    try:
-        fn(*args)
-    except Exception as error:  # noqa: BLE001 - we want JAX's exception type, whatever it is
-        return type(error)
-    raise AssertionError("the reference accepted this input")
-
 
 # (lhs shape, rhs shape, dimension numbers, fragments the message must contain)
 BAD_DOT_GENERAL = [
@@ -35,7 +27,7 @@ BAD_DOT_GENERAL = [
 )
 def test_bad_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers, fragments):
     lhs, rhs = jnp.ones(lhs_shape), jnp.ones(rhs_shape)
-    expected = _raised_by(lax.dot_general, lhs, rhs, dimension_numbers)
+    expected = raised_by(lax.dot_general, lhs, rhs, dimension_numbers)
     with pytest.raises(expected) as error:
         jaxmm.dot_general(lhs, rhs, dimension_numbers)
     for fragment in fragments:
@@ -65,7 +57,7 @@ def test_bad_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers, fragment
 )
 def test_bad_matmul_shapes(a_shape, b_shape, fragments):
     a, b = jnp.ones(a_shape), jnp.ones(b_shape)
-    expected = _raised_by(jnp.matmul, a, b)
+    expected = raised_by(jnp.matmul, a, b)
     with pytest.raises(expected) as error:
         jaxmm.matmul(a, b)
     for fragment in fragments:
@@ -89,7 +81,7 @@ def test_non_array_inputs(bad):
         ),
     ]:
         for args in [(bad, good), (good, bad)]:
-            expected = _raised_by(theirs, *args)
+            expected = raised_by(theirs, *args)
             with pytest.raises(expected, match=type(bad).__name__):
                 ours(*args)
 
@@ -101,7 +93,7 @@ def test_non_array_inputs(bad):
 )
 def test_malformed_dimension_numbers(dimension_numbers):
     lhs, rhs = jnp.ones((2, 3)), jnp.ones((3, 4))
-    expected = _raised_by(lax.dot_general, lhs, rhs, dimension_numbers)
+    expected = raised_by(lax.dot_general, lhs, rhs, dimension_numbers)
     with pytest.raises(expected):
         jaxmm.dot_general(lhs, rhs, dimension_numbers)
 

@@ -2,7 +2,6 @@
 transformation of jnp.matmul / lax.dot_general / jnp.einsum."""
 
 import inspect
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -12,14 +11,17 @@ from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 from reference import (
     assert_close,
+    assert_same_derivatives,
     assert_same_vjp,
-    cotangent_like,
+    operands,
     primitive_names,
     random_array,
+    sin_loss,
     x64_context,
 )
 
 import jaxmm
+from jaxmm.testing import check_jvp
 
 try:
     from jaxmm import experimental
@@ -28,50 +30,15 @@ except ImportError as error:  # JAX without hijax primitives: tests/test_experim
     pytest.skip(str(error), allow_module_level=True)
 
 
-def assert_same_jvp(fn, reference, *primals, seed: int = 0, vjp: bool = False) -> None:
-    """Outputs and output tangents of ``fn`` equal those of ``reference`` for random tangents
-    (and, with ``vjp``, the input cotangents for a random output cotangent), both sides in one
-    jitted program."""
-    rng = np.random.default_rng(seed)
-    tangents = tuple(cotangent_like(rng, x) for x in primals)  # float0 for integer primals
-    cotangent = jax.tree.map(partial(cotangent_like, rng), jax.eval_shape(reference, *primals))
-
-    def derivatives(fn, primals, tangents, cotangent):
-        out, tangent = jax.jvp(fn, primals, tangents)
-        if not vjp:
-            return out, tangent
-        return out, tangent, jax.vjp(fn, *primals)[1](cotangent)
-
-    def both(*args):
-        return derivatives(fn, *args), derivatives(reference, *args)
-
-    actual, expected = jax.jit(both)(primals, tangents, cotangent)
-    jax.tree.map(assert_close, actual, expected)
-
-
-def assert_same_jvp_and_vjp(fn, reference, *primals) -> None:
-    assert_same_jvp(fn, reference, *primals, vjp=True)
-
-
-def _operands(seed=0, a_shape=(3, 4), b_shape=(4, 5), dtype=jnp.float32):
-    rng = np.random.default_rng(seed)
-    return random_array(rng, a_shape, dtype), random_array(rng, b_shape, dtype)
-
-
-def _loss(matmul):
-    # Non-linear, so that second derivatives are not trivially zero.
-    return lambda a, b: jnp.sum(jnp.sin(matmul(a, b)))
-
-
 # The case tables (shapes, dtypes, mixed and preferred dtypes, errors) run for both mechanisms in
 # tests/test_matmul.py, test_dot_general.py, test_einsum.py and test_products.py, in reverse and
 # forward mode; this module tests what is the primitive's own.
 
 
 def test_precision_reaches_every_product():
-    a, b = _operands(6, (3, 8), (8, 5))
+    a, b = operands(6, (3, 8), (8, 5))
     mm = lambda a, b: experimental.matmul(a, b, precision="highest")  # noqa: E731
-    assert_same_jvp_and_vjp(mm, lambda a, b: jnp.matmul(a, b, precision="highest"), a, b)
+    assert_same_derivatives(mm, lambda a, b: jnp.matmul(a, b, precision="highest"), a, b)
     jaxpr = jax.make_jaxpr(lambda a, b: jax.jvp(mm, (a, b), (a, b)))(a, b)
     products = _jaxmm_products(jaxpr.jaxpr)
     assert len(products) == 2  # the two tangent products; the primal is a lax dot_general
@@ -107,7 +74,7 @@ def _products(jaxpr) -> int:
 
 
 def test_default_functions_and_experimental_are_different_primitives():
-    a, b = _operands()
+    a, b = operands()
     names = primitive_names(jax.make_jaxpr(jaxmm.matmul)(a, b).jaxpr)
     assert "jaxmm_dot_general" in names
     jaxpr = jax.make_jaxpr(experimental.matmul)(a, b).jaxpr
@@ -123,26 +90,26 @@ def test_signatures_are_jaxmms():
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_jit_and_eager(jit):
-    a, b = _operands(7, (2, 3, 4), (4, 5))
+    a, b = operands(7, (2, 3, 4), (4, 5))
     wrap = jax.jit if jit else (lambda f: f)
     assert_close(wrap(experimental.matmul)(a, b), jnp.matmul(a, b))
-    grads = wrap(jax.grad(_loss(experimental.matmul), argnums=(0, 1)))(a, b)
-    jax.tree.map(assert_close, grads, jax.grad(_loss(jnp.matmul), argnums=(0, 1))(a, b))
-    tangents = _operands(8, (2, 3, 4), (4, 5))
+    grads = wrap(jax.grad(sin_loss(experimental.matmul), argnums=(0, 1)))(a, b)
+    jax.tree.map(assert_close, grads, jax.grad(sin_loss(jnp.matmul), argnums=(0, 1))(a, b))
+    tangents = operands(8, (2, 3, 4), (4, 5))
     ours = wrap(lambda p, t: jax.jvp(experimental.matmul, p, t))((a, b), tangents)
     jax.tree.map(assert_close, ours, jax.jvp(jnp.matmul, (a, b), tangents))
 
 
 TRANSFORMS = {
-    "grad": lambda mm: jax.grad(_loss(mm), argnums=(0, 1)),
-    "value_and_grad": lambda mm: jax.value_and_grad(_loss(mm), argnums=(0, 1)),
+    "grad": lambda mm: jax.grad(sin_loss(mm), argnums=(0, 1)),
+    "value_and_grad": lambda mm: jax.value_and_grad(sin_loss(mm), argnums=(0, 1)),
     "jacrev": lambda mm: jax.jacrev(lambda a, b: jnp.sin(mm(a, b)), argnums=(0, 1)),
     "jacfwd": lambda mm: jax.jacfwd(lambda a, b: jnp.sin(mm(a, b)), argnums=(0, 1)),
-    "hessian": lambda mm: jax.hessian(_loss(mm), argnums=(0, 1)),
-    "jacrev(jacfwd)": lambda mm: jax.jacrev(jax.jacfwd(_loss(mm), argnums=1), argnums=(0, 1)),
-    "jacfwd(jacfwd)": lambda mm: jax.jacfwd(jax.jacfwd(_loss(mm), argnums=1), argnums=(0, 1)),
+    "hessian": lambda mm: jax.hessian(sin_loss(mm), argnums=(0, 1)),
+    "jacrev(jacfwd)": lambda mm: jax.jacrev(jax.jacfwd(sin_loss(mm), argnums=1), argnums=(0, 1)),
+    "jacfwd(jacfwd)": lambda mm: jax.jacfwd(jax.jacfwd(sin_loss(mm), argnums=1), argnums=(0, 1)),
     "grad(grad)": lambda mm: jax.grad(
-        lambda a, b: jnp.sum(jax.grad(_loss(mm), argnums=1)(a, b) ** 2), argnums=(0, 1)
+        lambda a, b: jnp.sum(jax.grad(sin_loss(mm), argnums=1)(a, b) ** 2), argnums=(0, 1)
     ),
     # Gauss-Newton / NTK style: a JVP inside a loss, differentiated in reverse mode.
     "grad of jvp": lambda mm: jax.grad(
@@ -168,7 +135,7 @@ TRANSFORMS = {
 
 @pytest.mark.parametrize("transform", TRANSFORMS)
 def test_transformations(transform):
-    a, b = _operands(9, (3, 4), (4, 3))
+    a, b = operands(9, (3, 4), (4, 3))
     ours = jax.jit(TRANSFORMS[transform](experimental.matmul))(a, b)
     jax.tree.map(assert_close, ours, jax.jit(TRANSFORMS[transform](jnp.matmul))(a, b))
 
@@ -177,7 +144,7 @@ def test_transformations(transform):
 def test_hessian_of_dot_general(dtype):
     dn = (((2,), (1,)), ((0,), (0,)))
     with x64_context(dtype):
-        a, b = _operands(10, (2, 3, 4), (2, 4, 2), dtype)
+        a, b = operands(10, (2, 3, 4), (2, 4, 2), dtype)
         hessian = lambda dg: jax.hessian(  # noqa: E731
             lambda l, r: jnp.sum(jnp.sin(dg(l, r, dn))), argnums=(0, 1)
         )
@@ -201,10 +168,10 @@ def test_vmap_every_in_axes(in_axes):
 
     a, b = batched(base_a, in_axes[0]), batched(base_b, in_axes[1])
     vmapped = lambda mm: jax.vmap(mm, in_axes=in_axes)  # noqa: E731
-    assert_same_jvp_and_vjp(vmapped(experimental.matmul), vmapped(jnp.matmul), a, b)
+    assert_same_derivatives(vmapped(experimental.matmul), vmapped(jnp.matmul), a, b)
     dn = (((1,), (0,)), ((), ()))
     dg = lambda fn: jax.vmap(lambda l, r: fn(l, r, dn), in_axes=in_axes)  # noqa: E731
-    assert_same_jvp_and_vjp(dg(experimental.dot_general), dg(lax.dot_general), a, b)
+    assert_same_derivatives(dg(experimental.dot_general), dg(lax.dot_general), a, b)
 
 
 def test_vmap_of_dot_general_with_every_axis_kind():
@@ -217,17 +184,17 @@ def test_vmap_of_dot_general_with_every_axis_kind():
     for lhs_axis, rhs_axis in [(3, 0), (1, 3)]:
         l, r = jnp.moveaxis(lhs, 0, lhs_axis), jnp.moveaxis(rhs, 2, rhs_axis)
         fn = lambda dg: jax.vmap(lambda l, r: dg(l, r, dn), in_axes=(lhs_axis, rhs_axis))  # noqa: E731
-        assert_same_jvp_and_vjp(fn(experimental.dot_general), fn(lax.dot_general), l, r)
+        assert_same_derivatives(fn(experimental.dot_general), fn(lax.dot_general), l, r)
 
 
 def test_nested_vmap():
-    a, b = _operands(13, (2, 3, 5, 4), (3, 4, 6))
+    a, b = operands(13, (2, 3, 5, 4), (3, 4, 6))
     nest = lambda mm: jax.vmap(jax.vmap(mm, in_axes=(0, 0)), in_axes=(0, None))  # noqa: E731
-    assert_same_jvp_and_vjp(nest(experimental.matmul), nest(jnp.matmul), a, b)
+    assert_same_derivatives(nest(experimental.matmul), nest(jnp.matmul), a, b)
 
 
 def test_vmap_of_jvp_and_jvp_of_vmap():
-    a, b = _operands(14, (3, 4), (4, 5))
+    a, b = operands(14, (3, 4), (4, 5))
     rng = np.random.default_rng(15)
     tangents_a = random_array(rng, (7, 3, 4), jnp.float32)  # a batch of directions
     vmap_of_jvp = lambda mm: jax.vmap(lambda t: jax.jvp(mm, (a, b), (t, b)))  # noqa: E731
@@ -242,8 +209,8 @@ def test_vmap_of_jvp_and_jvp_of_vmap():
 
 
 def test_vmap_of_grad_gives_per_example_gradients():
-    x, w = _operands(16, (7, 4), (4, 5))
-    per_example = lambda mm: jax.vmap(jax.grad(lambda w, x: _loss(mm)(x, w)), in_axes=(None, 0))  # noqa: E731
+    x, w = operands(16, (7, 4), (4, 5))
+    per_example = lambda mm: jax.vmap(jax.grad(lambda w, x: sin_loss(mm)(x, w)), in_axes=(None, 0))  # noqa: E731
     assert_close(per_example(experimental.matmul)(w, x), per_example(jnp.matmul)(w, x))
 
 
@@ -260,7 +227,7 @@ POLICIES = [
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: getattr(p, "__name__", str(p)))
 def test_checkpoint(policy):
-    a, b = _operands(17, (2, 3, 4), (4, 4))
+    a, b = operands(17, (2, 3, 4), (4, 4))
 
     def two_layers(mm):
         def body(a, b):
@@ -269,7 +236,7 @@ def test_checkpoint(policy):
 
         return jax.checkpoint(body, policy=policy)
 
-    assert_same_jvp_and_vjp(two_layers(experimental.matmul), two_layers(jnp.matmul), a, b)
+    assert_same_derivatives(two_layers(experimental.matmul), two_layers(jnp.matmul), a, b)
     if policy is jax.checkpoint_policies.dots_saveable:  # second order through a checkpoint
         second = lambda mm: jax.jit(jax.hessian(lambda a, b: jnp.sum(two_layers(mm)(a, b)), 1))  # noqa: E731
         assert_close(second(experimental.matmul)(a, b), second(jnp.matmul)(a, b))
@@ -293,14 +260,14 @@ def test_scan():
         h0,
         weights,
     )
-    assert_same_jvp(rnn(experimental.matmul), rnn(jnp.matmul), h0, weights)
+    check_jvp(rnn(experimental.matmul), rnn(jnp.matmul), h0, weights)
 
 
 @pytest.mark.parametrize("wrt", [(0,), (1,), (0, 1)], ids=str)
 def test_one_operand_computes_one_product_for_it(wrt):
     """A gradient computes one backward product per differentiated operand, a JVP one tangent
     product per nonzero tangent (plus the forward product in both)."""
-    a, b = _operands(19, (2, 3, 4), (4, 5))
+    a, b = operands(19, (2, 3, 4), (4, 5))
 
     def of(mm):  # mm as a function of the operands in wrt only
         def f(*differentiated):
@@ -320,11 +287,11 @@ def test_one_operand_computes_one_product_for_it(wrt):
     assert _products(jax.make_jaxpr(grad(experimental.matmul))(*primals).jaxpr) == 1 + len(wrt)
     jvp = lambda mm: lambda *x: jax.jvp(of(mm), x, x)  # noqa: E731
     assert _products(jax.make_jaxpr(jvp(experimental.matmul))(*primals).jaxpr) == 1 + len(wrt)
-    assert_same_jvp(of(experimental.matmul), of(jnp.matmul), *primals)
+    check_jvp(of(experimental.matmul), of(jnp.matmul), *primals)
 
 
 def test_unused_output_gives_zero_gradients_and_tangents():
-    a, b = _operands()
+    a, b = operands()
     f = lambda a, b: jnp.sum(a) + 0 * jnp.sum(experimental.matmul(a, b)[:0])  # noqa: E731
     grads = jax.grad(f, argnums=(0, 1))(a, b)
     assert_close(grads[0], jnp.ones_like(a))
@@ -337,7 +304,7 @@ def test_residual_dtype_rounds_what_the_derivative_products_read_like_jaxmm():
     """Gradients equal jaxmm's with the same residual_dtype, whether JAX differentiates the
     primitive directly or through its JVP (inside jax.checkpoint); forward mode reads the same
     rounded operands: dY = dA·round(B) + round(A)·dB, with the primal exact."""
-    a, b = _operands(20, (2, 3, 8), (8, 5))
+    a, b = operands(20, (2, 3, 8), (8, 5))
     kwargs = dict(residual_dtype=jnp.bfloat16)
     ours = lambda a, b: experimental.matmul(a, b, **kwargs)  # noqa: E731
     theirs = lambda a, b: jaxmm.matmul(a, b, **kwargs)  # noqa: E731
@@ -345,13 +312,13 @@ def test_residual_dtype_rounds_what_the_derivative_products_read_like_jaxmm():
     checkpointed = lambda mm: jax.checkpoint(lambda a, b: jnp.sin(mm(a, b)))  # noqa: E731
     assert_same_vjp(checkpointed(ours), checkpointed(theirs), a, b)
     rounded = lambda x: x.astype(jnp.bfloat16).astype(x.dtype)  # noqa: E731
-    a_dot, b_dot = _operands(21, (2, 3, 8), (8, 5))
+    a_dot, b_dot = operands(21, (2, 3, 8), (8, 5))
     expected = jnp.matmul(a, b), jnp.matmul(a_dot, rounded(b)) + jnp.matmul(rounded(a), b_dot)
     jax.tree.map(assert_close, jax.jvp(ours, (a, b), (a_dot, b_dot)), expected)
     y, linear = jax.linearize(ours, a, b)
     jax.tree.map(assert_close, (y, linear(a_dot, b_dot)), expected)
     # Without it, forward mode is exact.
-    assert_same_jvp(experimental.matmul, jnp.matmul, a, b)
+    check_jvp(experimental.matmul, jnp.matmul, a, b)
 
 
 @pytest.mark.parametrize(
@@ -362,7 +329,7 @@ def test_residual_dtype_rounds_what_the_derivative_products_read_like_jaxmm():
 def test_scaled_residuals_give_jaxmms_gradients(residual_dtype, residual_scaling):
     """Scaled narrow residuals (a pair of arrays per operand), per tensor and per channel: the
     gradients equal jaxmm's, directly and through jax.checkpoint and jax.linearize."""
-    a, b = _operands(24, (2, 3, 8), (8, 5))
+    a, b = operands(24, (2, 3, 8), (8, 5))
     kwargs = dict(residual_dtype=residual_dtype, residual_scaling=residual_scaling)
     ours = lambda a, b: experimental.matmul(100 * a, b, **kwargs)  # noqa: E731
     theirs = lambda a, b: jaxmm.matmul(100 * a, b, **kwargs)  # noqa: E731
@@ -433,7 +400,7 @@ def test_errors_are_jaxmms(name, args):
 
 
 def test_bad_residual_options_are_refused_like_jaxmm():
-    a, b = _operands()
+    a, b = operands()
     for kwargs in (dict(residual_dtype=jnp.int8), dict(residual_scaling="row")):
         expected = _raised(lambda: jaxmm.matmul(a, b, **kwargs))
         assert _raised(lambda: experimental.matmul(a, b, **kwargs)) == expected

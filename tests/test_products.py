@@ -8,12 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from cases import ALL_DTYPES, DISTINCT, NAMES, PRODUCT_CASES
-from reference import (
-    assert_close,
-    assert_same_derivatives,
-    random_array,
-    x64_context,
-)
+from reference import assert_close, assert_same_derivatives, raised_by, random_array, x64_context
 
 import jaxmm
 from jaxmm.testing import check_structure, check_vjp
@@ -149,14 +144,6 @@ def test_residual_dtype_reaches_the_product():
     assert {x.dtype for x in jax.tree.leaves(vjp) if x.size} == {jnp.dtype(jnp.bfloat16)}
 
 
-def _raised_by(fn, *args, **kwargs):
-    try:
-        fn(*args, **kwargs)
-    except Exception as error:  # noqa: BLE001 - we want JAX's exception type, whatever it is
-        return type(error)
-    raise AssertionError("the reference accepted this input")
-
-
 # (function name, shapes, keyword arguments, fragments the message must name)
 BAD = [
     ("dot", (2, 3), (4, 5), {}, ["(2, 3)", "(4, 5)"]),
@@ -188,7 +175,7 @@ def test_product_refuses_bad_input_like_jnp(mechanism, name, a_shape, b_shape, k
     ours, theirs = _fns(mechanism, name, kwargs)
     a, b = jnp.ones(a_shape), jnp.ones(b_shape)
     with jax.numpy_rank_promotion("allow"):
-        expected = _raised_by(theirs, a, b)
+        expected = raised_by(theirs, a, b)
         with pytest.raises(expected) as error:
             ours(a, b)
         # Refused while tracing, from shapes alone.
@@ -201,7 +188,7 @@ def test_product_refuses_bad_input_like_jnp(mechanism, name, a_shape, b_shape, k
 @pytest.mark.parametrize("name", NAMES)
 def test_product_refuses_lists_like_jnp(mechanism, name):
     ours, theirs = _fns(mechanism, name, {"axes": 1} if name == "tensordot" else {})
-    expected = _raised_by(theirs, [1.0, 2.0], jnp.ones(2))
+    expected = raised_by(theirs, [1.0, 2.0], jnp.ones(2))
     with pytest.raises(expected, match="list"):
         ours([1.0, 2.0], jnp.ones(2))
 

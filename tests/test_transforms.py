@@ -8,33 +8,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
-from reference import assert_close, assert_same_vjp, random_array
+from reference import assert_close, assert_same_vjp, operands, random_array, sin_loss
 
 import jaxmm
 
 BATCHED_DN = (((2,), (1,)), ((0,), (0,)))
 
 
-def _operands(seed=0, a_shape=(3, 4), b_shape=(4, 5), dtype=jnp.float32):
-    rng = np.random.default_rng(seed)
-    return random_array(rng, a_shape, dtype), random_array(rng, b_shape, dtype)
-
-
-def _loss(matmul):
-    # A non-linear loss, so that second derivatives are not trivially zero.
-    return lambda a, b: jnp.sum(jnp.sin(matmul(a, b)))
-
-
 def test_eager_vjp_matches_reference():
-    a, b = _operands()
+    a, b = operands()
     assert_same_vjp(jaxmm.matmul, jnp.matmul, a, b, jit=False)
 
 
 def test_jit():
-    a, b = _operands()
+    a, b = operands()
     assert_close(jax.jit(jaxmm.matmul)(a, b), jnp.matmul(a, b))
-    grads = jax.jit(jax.grad(_loss(jaxmm.matmul), argnums=(0, 1)))(a, b)
-    expected = jax.grad(_loss(jnp.matmul), argnums=(0, 1))(a, b)
+    grads = jax.jit(jax.grad(sin_loss(jaxmm.matmul), argnums=(0, 1)))(a, b)
+    expected = jax.grad(sin_loss(jnp.matmul), argnums=(0, 1))(a, b)
     jax.tree.map(assert_close, grads, expected)
 
 
@@ -59,37 +49,37 @@ def test_vmap_every_in_axes(in_axes):
 
 
 def test_nested_vmap():
-    a, b = _operands(2, (2, 3, 5, 4), (3, 4, 6))
+    a, b = operands(2, (2, 3, 5, 4), (3, 4, 6))
     nest = lambda fn: jax.vmap(jax.vmap(fn, in_axes=(0, 0)), in_axes=(0, None))
     assert_same_vjp(nest(jaxmm.matmul), nest(jnp.matmul), a, b)
 
 
 def test_vmap_of_grad_gives_per_example_gradients():
-    x, w = _operands(3, (7, 4), (4, 5))
-    per_example = lambda mm: jax.vmap(jax.grad(lambda w, x: _loss(mm)(x, w)), in_axes=(None, 0))
+    x, w = operands(3, (7, 4), (4, 5))
+    per_example = lambda mm: jax.vmap(jax.grad(lambda w, x: sin_loss(mm)(x, w)), in_axes=(None, 0))
     assert_close(per_example(jaxmm.matmul)(w, x), per_example(jnp.matmul)(w, x))
 
 
 @pytest.mark.parametrize(
     "transform",
     [
-        lambda mm: jax.grad(_loss(mm), argnums=(0, 1)),
-        lambda mm: jax.value_and_grad(_loss(mm), argnums=(0, 1)),
+        lambda mm: jax.grad(sin_loss(mm), argnums=(0, 1)),
+        lambda mm: jax.value_and_grad(sin_loss(mm), argnums=(0, 1)),
         lambda mm: jax.jacrev(lambda a, b: jnp.sin(mm(a, b)), argnums=(0, 1)),
     ],
     ids=["grad", "value_and_grad", "jacrev"],
 )
 def test_reverse_mode_transforms(transform):
-    a, b = _operands(4, (2, 3, 4), (4, 5))
+    a, b = operands(4, (2, 3, 4), (4, 5))
     jax.tree.map(assert_close, transform(jaxmm.matmul)(a, b), transform(jnp.matmul)(a, b))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_hessian(dtype):
     with jax.enable_x64(dtype == jnp.float64):
-        a, b = _operands(5, (3, 4), (4, 2), dtype)
-        ours = jax.hessian(_loss(jaxmm.matmul), argnums=(0, 1))(a, b)
-        theirs = jax.hessian(_loss(jnp.matmul), argnums=(0, 1))(a, b)
+        a, b = operands(5, (3, 4), (4, 2), dtype)
+        ours = jax.hessian(sin_loss(jaxmm.matmul), argnums=(0, 1))(a, b)
+        theirs = jax.hessian(sin_loss(jnp.matmul), argnums=(0, 1))(a, b)
         jax.tree.map(assert_close, ours, theirs)
         dn = (((1,), (0,)), ((), ()))
         ours = jax.hessian(lambda l, r: jnp.sum(jnp.sin(jaxmm.dot_general(l, r, dn))))(a, b)
@@ -98,10 +88,10 @@ def test_hessian(dtype):
 
 
 def test_grad_of_grad():
-    a, b = _operands(6)
+    a, b = operands(6)
 
     def second(mm):
-        inner = jax.grad(_loss(mm), argnums=1)
+        inner = jax.grad(sin_loss(mm), argnums=1)
         return jax.grad(lambda a, b: jnp.sum(inner(a, b) ** 2), argnums=(0, 1))
 
     jax.tree.map(assert_close, second(jaxmm.matmul)(a, b), second(jnp.matmul)(a, b))
@@ -119,7 +109,7 @@ def test_grad_of_grad():
     ids=lambda p: getattr(p, "__name__", str(p)),
 )
 def test_checkpoint(policy):
-    a, b = _operands(7, (3, 4), (4, 4))
+    a, b = operands(7, (3, 4), (4, 4))
 
     def two_layers(mm):
         return jax.checkpoint(lambda a, b: mm(jnp.tanh(mm(a, b)), b), policy=policy)
@@ -145,8 +135,8 @@ def test_scan():
 
 @pytest.mark.parametrize("transform", ["jvp", "jacfwd", "linearize"])
 def test_forward_mode_of_exact_products_is_jnps(transform):
-    a, b = _operands()
-    da, db = _operands(5)
+    a, b = operands()
+    da, db = operands(5)
     forward = {
         "jvp": lambda mm: jax.jvp(mm, (a, b), (da, db)),
         "jacfwd": lambda mm: jax.jacfwd(mm, argnums=(0, 1))(a, b),
@@ -159,7 +149,7 @@ def test_forward_mode_of_exact_products_is_jnps(transform):
 def test_forward_mode_of_narrowed_products_is_refused_with_jaxs_error(transform):
     """Saving narrowed operands takes a ``jax.custom_vjp``, which JAX differentiates in reverse
     mode only."""
-    a, b = _operands()
+    a, b = operands()
     mm = lambda a, b: jaxmm.matmul(a, b, residual_dtype=jnp.bfloat16)
     with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
         if transform == "jvp":
@@ -170,16 +160,16 @@ def test_forward_mode_of_narrowed_products_is_refused_with_jaxs_error(transform)
 
 @pytest.mark.parametrize("wrt", [(0,), (1,), (0, 1)], ids=str)
 def test_gradient_with_respect_to_one_operand(wrt):
-    a, b = _operands(9, (2, 3, 4), (4, 5))
+    a, b = operands(9, (2, 3, 4), (4, 5))
     for jit in (False, True):
-        grad = lambda mm: jax.grad(_loss(mm), argnums=wrt)
+        grad = lambda mm: jax.grad(sin_loss(mm), argnums=wrt)
         if jit:
             grad = lambda mm, grad=grad: jax.jit(grad(mm))
         jax.tree.map(assert_close, grad(jaxmm.matmul)(a, b), grad(jnp.matmul)(a, b))
 
 
 def test_unused_output_gives_zero_gradients():
-    a, b = _operands()
+    a, b = operands()
     grads = jax.grad(lambda a, b: jnp.sum(a) + 0 * jnp.sum(jaxmm.matmul(a, b)[:0]), argnums=(0, 1))(
         a, b
     )
@@ -203,14 +193,14 @@ def test_perturbation_patterns_mixed_in_any_order():
     """JAX caches a custom_vjp's forward rule under jit once per pattern of perturbed operands;
     jaxmm's residual structure must not depend on the pattern, or a later trace unflattens one
     pattern's residuals with another's structure (an AssertionError, or a wrong gradient)."""
-    a, b = _operands(11, (3, 3), (3, 3))
+    a, b = operands(11, (3, 3), (3, 3))
     # residual_dtype=float32 of float32 operands: the custom_vjp, saving the operands exactly.
     mm = jax.jit(partial(jaxmm.matmul, residual_dtype=jnp.float32))
     jax.vjp(mm, a, b)  # eager: both operands, then one
     jax.vjp(lambda a: mm(a, b), a)
-    expected = jax.grad(_loss(jnp.matmul), argnums=(0, 1))(a, b)
+    expected = jax.grad(sin_loss(jnp.matmul), argnums=(0, 1))(a, b)
     for argnums in [(0,), (0, 1), (1,), (0, 1), (0,)]:  # traced, in turn
-        loss = _loss(mm)
+        loss = sin_loss(mm)
         jax.make_jaxpr(jax.grad(loss, argnums=argnums))(a, b)
         for i, g in zip(argnums, jax.jit(jax.grad(loss, argnums=argnums))(a, b)):
             assert_close(g, expected[i], f"d/d operand {i} for argnums {argnums}")
