@@ -242,27 +242,6 @@ def test_checkpoint(policy):
         assert_close(second(experimental.matmul)(a, b), second(jnp.matmul)(a, b))
 
 
-def test_scan():
-    rng = np.random.default_rng(18)
-    h0 = random_array(rng, (2, 4), jnp.float32)
-    weights = random_array(rng, (5, 4, 4), jnp.float32)
-
-    def rnn(mm):
-        def step(h, w):
-            h = jnp.tanh(mm(h, w))
-            return h, h.sum()
-
-        return lambda h0, ws: lax.scan(step, h0, ws)
-
-    assert_same_vjp(
-        lambda h, w: rnn(experimental.matmul)(h, w)[0],
-        lambda h, w: rnn(jnp.matmul)(h, w)[0],
-        h0,
-        weights,
-    )
-    check_jvp(rnn(experimental.matmul), rnn(jnp.matmul), h0, weights)
-
-
 @pytest.mark.parametrize("wrt", [(0,), (1,), (0, 1)], ids=str)
 def test_one_operand_computes_one_product_for_it(wrt):
     """A gradient computes one backward product per differentiated operand, a JVP one tangent
