@@ -59,23 +59,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
 
 from ._checks import (
     linear_cross_entropy_arrays,
     linear_cross_entropy_options,
 )
-from ._compat import varying_axes
+from ._cross_entropy_chunks import LossOptions, backward_chunks, forward_chunks
 from ._dot_general import match_varying_axes
 from ._mesh import lay_out, on_mesh, restore
 from ._options import Options
 from ._scope import named, staged
 from ._typing import ArrayLike, PrecisionLike
-
-# chunk_size=None: about 2^23 logits per chunk (32 MiB in float32), from 128 to V columns.
-_CHUNK_ELEMENTS = 2**23
-_MIN_CHUNK = 128
 
 
 @named("jaxmm.linear_cross_entropy")
@@ -150,14 +144,14 @@ def linear_cross_entropy(
         checked = linear_cross_entropy_options(
             reduction, label_smoothing, z_loss, logit_soft_cap, chunk_size
         )
-        options = _Options(*checked, precision=Options.of(precision).precision)
+        options = LossOptions(*checked, precision=Options.of(precision).precision)
         loss: jax.Array = _checked_linear_cross_entropy(x, w, labels, mask, options)
         return loss
 
 
 @staged(4)
 def _checked_linear_cross_entropy(
-    x: jax.Array, w: jax.Array, labels: jax.Array, mask: jax.Array, options: _Options
+    x: jax.Array, w: jax.Array, labels: jax.Array, mask: jax.Array, options: LossOptions
 ) -> jax.Array:
     token_shape = labels.shape
     x, w, labels, mask, token_axes, vocab_axes, order = lay_out(x, w, labels, mask)
@@ -167,32 +161,17 @@ def _checked_linear_cross_entropy(
     return restore(loss, token_shape, order) if options.reduction == "none" else loss
 
 
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class _Options:
-    """The static options, canonicalised, and the mesh axes sharding the tokens / vocabulary."""
-
-    reduction: str
-    label_smoothing: float
-    z_loss: float
-    soft_cap: float | None
-    chunk_size: int | None
-    precision: Any
-    token_axes: tuple[str, ...] = ()
-    vocab_axes: tuple[str, ...] = ()
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _linear_cross_entropy(
-    x: jax.Array, w: jax.Array, labels: jax.Array, mask: jax.Array, options: _Options
+    x: jax.Array, w: jax.Array, labels: jax.Array, mask: jax.Array, options: LossOptions
 ) -> jax.Array:
     return _linear_cross_entropy_fwd(x, w, labels, mask, options)[0]
 
 
 def _linear_cross_entropy_fwd(
-    x: jax.Array, w: jax.Array, labels: jax.Array, mask: jax.Array, options: _Options
+    x: jax.Array, w: jax.Array, labels: jax.Array, mask: jax.Array, options: LossOptions
 ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    losses, lse = _on_mesh(_forward_chunks, options, w, "vectors")(x, w, labels)
+    losses, lse = _on_mesh(forward_chunks, options, w, "vectors")(x, w, labels)
     valid = (labels >= 0) & (labels < w.shape[1])
     losses = jnp.where(mask, jnp.where(valid, losses, jnp.nan), 0)
     if options.reduction == "none":
@@ -205,7 +184,7 @@ def _linear_cross_entropy_fwd(
 
 
 def _linear_cross_entropy_bwd(
-    options: _Options, residuals: tuple[jax.Array, ...], cotangent: jax.Array
+    options: LossOptions, residuals: tuple[jax.Array, ...], cotangent: jax.Array
 ) -> tuple[jax.Array, jax.Array, None, None]:
     x, w, labels, mask, lse = residuals
     # g[n]: the reduction's derivative (module docstring); a dropped token's is 0, not 0/0.
@@ -214,149 +193,13 @@ def _linear_cross_entropy_bwd(
     token_cotangent = jnp.where(mask, cotangent, 0)
     valid = (labels >= 0) & (labels < w.shape[1])
     token_cotangent = jnp.where(valid | ~mask, token_cotangent, jnp.nan)
-    dx, dw = _on_mesh(_backward_chunks, options, w, "operands")(x, w, labels, lse, token_cotangent)
+    dx, dw = _on_mesh(backward_chunks, options, w, "operands")(x, w, labels, lse, token_cotangent)
     return dx.astype(x.dtype), dw.astype(w.dtype), None, None
 
 
 _linear_cross_entropy.defvjp(_linear_cross_entropy_fwd, _linear_cross_entropy_bwd)
 
 
-def _forward_chunks(
-    x: jax.Array, w: jax.Array, labels: jax.Array, options: _Options, vocab_size: int
-) -> tuple[jax.Array, jax.Array]:
-    """Per-token loss ``ℓ`` (labels not checked) and ``lse``, over this device's columns."""
-    chunk, chunks, offset = _chunking(x, w, options)
-    zeros = _varying_zeros((x.shape[0],), _accumulation_dtype(x), x, w)
-
-    def add_chunk(k: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-        running_max, exp_sum, label_logit, logit_sum = carry
-        z, fresh, is_label = _chunk_logits(x, w, labels, k, chunk, offset, options)
-        new_max = jnp.maximum(running_max, jnp.max(jnp.where(fresh, z, -jnp.inf), axis=1))
-        exp_sum = exp_sum * jnp.exp(running_max - new_max) + jnp.sum(
-            jnp.where(fresh, jnp.exp(z - new_max[:, None]), 0), axis=1
-        )
-        label_logit = label_logit + jnp.sum(jnp.where(is_label, z, 0), axis=1)
-        logit_sum = logit_sum + jnp.sum(jnp.where(fresh, z, 0), axis=1)
-        return new_max, exp_sum, label_logit, logit_sum
-
-    carry = (zeros - jnp.inf, zeros, zeros, zeros)
-    running_max, exp_sum, label_logit, logit_sum = lax.fori_loop(0, chunks, add_chunk, carry)
-    if options.vocab_axes:  # the other devices' columns: rescale to the largest maximum
-        largest = lax.pmax(running_max, options.vocab_axes)
-        exp_sum = exp_sum * jnp.exp(running_max - largest)
-        exp_sum, label_logit, logit_sum = lax.psum(
-            (exp_sum, label_logit, logit_sum), options.vocab_axes
-        )
-        running_max = largest
-    lse = running_max + jnp.log(exp_sum)
-    smoothing = options.label_smoothing
-    loss = lse - (1 - smoothing) * label_logit + options.z_loss * lse**2
-    if smoothing:
-        loss = loss - smoothing / vocab_size * logit_sum
-    return loss, lse
-
-
-def _backward_chunks(
-    x: jax.Array,
-    w: jax.Array,
-    labels: jax.Array,
-    lse: jax.Array,
-    token_cotangent: jax.Array,
-    options: _Options,
-    vocab_size: int,
-) -> tuple[jax.Array, jax.Array]:
-    """``dX = dU Wᵀ`` and ``dW = Xᵀ dU``, ``dU`` formed one chunk of columns at a time."""
-    chunk, chunks, offset = _chunking(x, w, options)
-    dtype = _accumulation_dtype(x)
-    smoothing, cap = options.label_smoothing, options.soft_cap
-    softmax_scale = (1 + 2 * options.z_loss * lse)[:, None] * token_cotangent[:, None]
-    target_scale = token_cotangent[:, None]
-    dot = partial(lax.dot_general, precision=options.precision, preferred_element_type=dtype)
-
-    def add_chunk(k: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
-        dx, dw = carry
-        z, fresh, is_label = _chunk_logits(x, w, labels, k, chunk, offset, options)
-        targets = (1 - smoothing) * is_label + smoothing / vocab_size
-        dz = softmax_scale * jnp.exp(z - lse[:, None]) - target_scale * targets
-        if cap is not None:
-            dz = dz * (1 - (z / cap) ** 2)
-        du = jnp.where(fresh, dz, 0).astype(x.dtype)  # the products run in the inputs' dtype
-        start = _chunk_start(k, chunk, w.shape[1])
-        w_chunk = lax.dynamic_slice_in_dim(w, start, chunk, axis=1)
-        dx = dx + dot(du, w_chunk, (((1,), (1,)), ((), ())))  # dU Wᵀ, summed over v
-        dw_chunk = dot(x, du, (((0,), (0,)), ((), ())))  # Xᵀ dU; zero in the columns not fresh
-        dw_old = lax.dynamic_slice_in_dim(dw, start, chunk, axis=1)
-        return dx, lax.dynamic_update_slice_in_dim(dw, dw_old + dw_chunk, start, axis=1)
-
-    carry = (_varying_zeros(x.shape, dtype, x, w), _varying_zeros(w.shape, dtype, x, w))
-    dx, dw = lax.fori_loop(0, chunks, add_chunk, carry)
-    if options.vocab_axes:  # dX sums over every device's columns
-        dx = lax.psum(dx, options.vocab_axes)
-    if options.token_axes:  # dW sums over every device's tokens
-        dw = lax.psum(dw, options.token_axes)
-    return dx, dw
-
-
-def _chunking(x: jax.Array, w: jax.Array, options: _Options) -> tuple[int, int, jax.Array]:
-    """Columns per chunk, number of chunks, and this device's first vocabulary index."""
-    tokens, columns = x.shape[0], w.shape[1]
-    chunk = options.chunk_size or max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(tokens, 1) // 128 * 128)
-    chunk = min(chunk, columns)
-    offset = lax.axis_index(options.vocab_axes) * columns if options.vocab_axes else 0
-    return chunk, -(-columns // chunk), jnp.asarray(offset)
-
-
-def _chunk_start(k: jax.Array, chunk: int, columns: int) -> jax.Array:
-    # The last chunk is moved back to end at the last column, rather than padding W.
-    return jnp.minimum(k * chunk, columns - chunk)
-
-
-def _chunk_logits(
-    x: jax.Array,
-    w: jax.Array,
-    labels: jax.Array,
-    k: jax.Array,
-    chunk: int,
-    offset: jax.Array,
-    options: _Options,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Chunk ``k``'s logits ``z`` ``[tokens, chunk]``, which of its columns no earlier chunk
-    counted (``[1, chunk]``), and where each token's label is among those (``[tokens, chunk]``)."""
-    start = _chunk_start(k, chunk, w.shape[1])
-    w_chunk = lax.dynamic_slice_in_dim(w, start, chunk, axis=1)
-    z = lax.dot_general(
-        x,
-        w_chunk,
-        (((1,), (0,)), ((), ())),
-        precision=options.precision,
-        preferred_element_type=_accumulation_dtype(x),
-    )
-    if options.soft_cap is not None:
-        z = options.soft_cap * jnp.tanh(z / options.soft_cap)
-    column = start + lax.broadcasted_iota(np.int32, (1, chunk), 1)
-    fresh = column >= k * chunk
-    is_label = fresh & (offset + column == labels[:, None])
-    return z, fresh, is_label
-
-
-def _accumulation_dtype(x: jax.Array) -> Any:
-    return jnp.promote_types(x.dtype, jnp.float32)
-
-
-def _varying_zeros(shape: tuple[int, ...], dtype: Any, *like: jax.Array) -> jax.Array:
-    """Zeros to start a loop's carry: inside ``shard_map``, varying along the mesh axes the
-    arrays ``like`` vary along, as the loop body's results do."""
-    zeros = jnp.zeros(shape, dtype)
-    axes = tuple(sorted(frozenset().union(*(varying_axes(a) for a in like))))
-    if not axes:
-        return zeros
-    pcast = getattr(lax, "pcast", None)  # lax.pvary before JAX 0.8.2
-    varying: jax.Array = (
-        pcast(zeros, axes, to="varying") if pcast else getattr(lax, "pvary")(zeros, axes)  # noqa: B009
-    )
-    return varying
-
-
-def _on_mesh(kernel: Any, options: _Options, w: jax.Array, returns: str) -> Any:
+def _on_mesh(kernel: Any, options: LossOptions, w: jax.Array, returns: str) -> Any:
     function = partial(kernel, options=options, vocab_size=w.shape[1])  # V: all devices' columns
     return on_mesh(function, options.token_axes, options.vocab_axes, returns)
