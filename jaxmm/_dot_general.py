@@ -53,9 +53,9 @@ def dot_general(
     """General dot product, as ``lax.dot_general``, whose backward pass is derived by hand.
 
     A drop-in for :func:`jax.lax.dot_general` (same arguments, result, dtypes and errors), usable as
-    the ``dot_general=`` of Flax layers. Its derivatives (the backward rule below, and the forward
-    rule ``dY = dL·R + L·dR``) are written out by hand from their derivation instead of being left
-    to JAX's autodiff.
+    the ``dot_general=`` of Flax layers. Its derivatives (the backward rule below and, with the
+    default options, the forward rule ``dY = dL·R + L·dR``) are written out by hand from their
+    derivation instead of being left to JAX's autodiff.
 
     Args:
       lhs: array of any rank ``(..., )``.
