@@ -143,13 +143,7 @@ def check_vjp(
     rng = checks_rng(seed)
     expected_out = jax.eval_shape(reference, *args)
     actual_out = jax.eval_shape(fn, *args)
-    actual_leaves, actual_structure = jax.tree_util.tree_flatten_with_path(actual_out)
-    expected_leaves, expected_structure = jax.tree_util.tree_flatten_with_path(expected_out)
-    if not _same_tree(actual_structure, expected_structure):
-        raise AssertionError(
-            f"output: tree structure {actual_structure} != expected {expected_structure}"
-        )
-    for (path, a), (_, e) in zip(actual_leaves, expected_leaves):
+    for path, a, e in _paired_leaves("output", actual_out, expected_out):
         if (a.shape, a.dtype) != (e.shape, e.dtype):
             raise AssertionError(
                 f"{_name('output', path)}: {a.dtype}{list(a.shape)} != expected "
@@ -216,14 +210,18 @@ def _compare(
     """The two trees of ``actual`` (outputs, then cotangents or tangents) against ``expected``'s:
     the same structure, and every leaf ``assert_allclose``."""
     for what, a_tree, e_tree in zip(names, actual, expected):
-        a_leaves, a_structure = jax.tree_util.tree_flatten_with_path(a_tree)
-        e_leaves, e_structure = jax.tree_util.tree_flatten_with_path(e_tree)
-        if not _same_tree(a_structure, e_structure):
-            raise AssertionError(
-                f"{what}{mode}: tree structure {a_structure} != expected {e_structure}"
-            )
-        for (path, a), (_, e) in zip(a_leaves, e_leaves):
+        for path, a, e in _paired_leaves(f"{what}{mode}", a_tree, e_tree):
             assert_allclose(a, e, f"{_name(what, path)}{mode}", rtol, atol)
+
+
+def _paired_leaves(what: str, actual: Any, expected: Any) -> list[tuple[Any, Any, Any]]:
+    """``(path, actual leaf, expected leaf)`` of two trees of one structure; AssertionError
+    naming ``what`` when the structures differ."""
+    a_leaves, a_structure = jax.tree_util.tree_flatten_with_path(actual)
+    e_leaves, e_structure = jax.tree_util.tree_flatten_with_path(expected)
+    if not _same_tree(a_structure, e_structure):
+        raise AssertionError(f"{what}: tree structure {a_structure} != expected {e_structure}")
+    return [(path, a, e) for (path, a), (_, e) in zip(a_leaves, e_leaves)]
 
 
 def _same_tree(a: Any, b: Any) -> bool:
