@@ -9,6 +9,7 @@ output layer's product with its softmax cross-entropy, ``linear_cross_entropy``,
 in vocabulary chunks without ever holding the logits.
 """
 
+from . import custom_vjp as custom_vjp
 from . import testing as testing
 from ._cross_entropy import linear_cross_entropy as linear_cross_entropy
 from ._dot_general import dot_general as dot_general
@@ -26,6 +27,7 @@ from ._vectorized import vecmat as vecmat
 __version__ = "0.1.0"
 
 __all__ = [
+    "custom_vjp",
     "dot",
     "dot_general",
     "einsum",

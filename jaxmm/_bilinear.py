@@ -37,7 +37,6 @@ residuals: that is the ``jax.custom_vjp`` of :mod:`jaxmm._dot_general`.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -47,15 +46,8 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from . import _rules
 from ._options import Options
-from ._rules import (
-    batched_dimension_numbers,
-    batched_sharding,
-    check_linear_in_one,
-    lhs_cotangent,
-    rhs_cotangent,
-    tangent,
-)
 from ._typing import Dimensions
 
 dot_general_p = Primitive("jaxmm_dot_general")
@@ -64,25 +56,21 @@ dot_general_p = Primitive("jaxmm_dot_general")
 def bilinear_dot_general(
     lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options
 ) -> jax.Array:
-    """``lax.dot_general`` of checked, canonical arguments as one ``jaxmm_dot_general`` (its
-    parameters are ``lax.dot_general``'s; operands are saved as they are)."""
-    out: jax.Array = dot_general_p.bind(
-        lhs, rhs, dimension_numbers=dimensions, **options.lax_params()
-    )
+    """``lax.dot_general`` of checked, canonical arguments as one ``jaxmm_dot_general`` (operands
+    saved as they are: ``options.residual`` is ``None``)."""
+    out: jax.Array = dot_general_p.bind(lhs, rhs, dimensions=dimensions, options=options)
     return out
 
 
-def _lax_dot_general(lhs: jax.Array, rhs: jax.Array, **params: Any) -> jax.Array:
+def _lax_dot_general(
+    lhs: jax.Array, rhs: jax.Array, *, dimensions: Dimensions, options: Options
+) -> jax.Array:
     """What the primitive computes and lowers to."""
-    out: jax.Array = lax.dot_general(lhs, rhs, **params)
-    return out
+    return lax.dot_general(lhs, rhs, dimensions, **options.lax_params())
 
 
-@functools.lru_cache(maxsize=4096)
-def _abstract_eval(lhs: Any, rhs: Any, **params: Any) -> Any:
-    # The type of lax.dot_general's own result: shape, dtype, weak type, sharding and the
-    # shard_map varying axes, so that the primitive is typed as the product it stands for.
-    return jax.typeof(jax.eval_shape(functools.partial(_lax_dot_general, **params), lhs, rhs))
+def _abstract_eval(lhs: Any, rhs: Any, *, dimensions: Dimensions, options: Options) -> Any:
+    return _rules.result_type(lhs, rhs, dimensions, options)
 
 
 dot_general_p.def_impl(_lax_dot_general)
@@ -94,22 +82,20 @@ def _jvp(primals: Sequence[Any], tangents: Sequence[Any], **params: Any) -> tupl
     lhs, rhs = primals
     out = _lax_dot_general(lhs, rhs, **params)
     lhs_dot, rhs_dot = (None if type(t) is ad.Zero else t for t in tangents)
-    out_dot = tangent(lhs, rhs, lhs_dot, rhs_dot, partial(dot_general_p.bind, **params))
+    out_dot = _rules.tangent(lhs, rhs, lhs_dot, rhs_dot, partial(dot_general_p.bind, **params))
     return out, ad.Zero(jax.typeof(out).to_tangent_aval()) if out_dot is None else out_dot
 
 
-def _transpose(cotangent: Any, lhs: Any, rhs: Any, **params: Any) -> list[Any]:
-    # The tangent products are linear in one operand each: dL·R in L, L·dR in R.
-    lhs_linear, rhs_linear = ad.is_undefined_primal(lhs), ad.is_undefined_primal(rhs)
-    check_linear_in_one(lhs_linear, rhs_linear)
-    linear = lhs if lhs_linear else rhs
+def _transpose(
+    cotangent: Any, lhs: Any, rhs: Any, *, dimensions: Dimensions, options: Options
+) -> list[Any]:
+    linear = (ad.is_undefined_primal(lhs), ad.is_undefined_primal(rhs))
+    types = tuple(x.aval if ad.is_undefined_primal(x) else jax.typeof(x) for x in (lhs, rhs))
     if type(cotangent) is ad.Zero:
-        zero = ad.Zero(linear.aval.to_tangent_aval())
-        return [zero, None] if lhs_linear else [None, zero]
-    options = (params["dimension_numbers"], params["precision"], params["preferred_element_type"])
-    if lhs_linear:
-        return [lhs_cotangent(cotangent, lhs.aval, rhs, *options), None]
-    return [None, rhs_cotangent(cotangent, lhs, rhs.aval, *options)]
+        ct: Any = ad.Zero((lhs if linear[0] else rhs).aval.to_tangent_aval())
+    else:
+        ct = _rules.transpose(cotangent, lhs, rhs, linear, types, dimensions, options)
+    return [ct, None] if linear[0] else [None, ct]
 
 
 ad.primitive_jvps[dot_general_p] = _jvp
@@ -120,18 +106,9 @@ def _batch(
     axis_data: Any, args: Sequence[jax.Array], dims: Sequence[int | None], **params: Any
 ) -> tuple[jax.Array, int | None]:
     lhs, rhs = args
-    lhs_dim, rhs_dim = dims  # None: not mapped
-    if lhs_dim is None and rhs_dim is None:
-        return dot_general_p.bind(lhs, rhs, **params), None
-    dimension_numbers, out_dim = batched_dimension_numbers(
-        params["dimension_numbers"], lhs.ndim, rhs.ndim, lhs_dim, rhs_dim
+    return _rules.batch(
+        bilinear_dot_general, lhs, rhs, (dims[0], dims[1]), axis_data=axis_data, **params
     )
-    params = dict(
-        params,
-        dimension_numbers=dimension_numbers,
-        out_sharding=batched_sharding(params["out_sharding"], out_dim, axis_data),
-    )
-    return dot_general_p.bind(lhs, rhs, **params), out_dim
 
 
 batching.fancy_primitive_batchers[dot_general_p] = _batch

@@ -1,32 +1,22 @@
-"""``dot_general`` with a hand-derived backward pass: the public function and its ``custom_vjp``.
+"""``dot_general`` with a hand-derived backward pass: the public function, the one entry point
+every layout and mechanism shares, and the choice of mechanism.
 
-The rules, derived, are in :mod:`jaxmm._rules`; this module gives them to ``jax.custom_vjp``
-for products whose operands are saved narrowed (``residual_dtype``), and chooses, for each
-product, that or the primitive of :mod:`jaxmm._bilinear`.
+The rules, derived, are in :mod:`jaxmm._rules`; the mechanisms that give them to JAX are the
+primitive of :mod:`jaxmm._bilinear` (the default), the ``jax.custom_vjp`` of
+:mod:`jaxmm._custom_vjp` (the default for operands saved narrowed, ``residual_dtype``, and the
+mechanism of ``jaxmm.custom_vjp``) and the hijax primitive of :mod:`jaxmm._primitive`
+(``jaxmm.experimental``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from functools import partial
-from typing import Any
-
 import jax
-from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
 from ._bilinear import bilinear_dot_general
 from ._checks import as_array, canonicalize_dimension_numbers, check_dot_general
-from ._compat import (
-    cast_to_varying,
-    is_saved,
-    not_saved_marker,
-    unwanted_cotangent_as_zeros,
-    varying_axes,
-)
-from ._options import Options, Product
-from ._residuals import load_operand, save_operand
-from ._rules import has_cotangent, lhs_cotangent, rhs_cotangent
+from ._compat import cast_to_varying, varying_axes
+from ._custom_vjp import dot_general as custom_vjp_dot_general
+from ._options import Options
 from ._scope import named, staged
 from ._typing import (
     ArrayLike,
@@ -35,6 +25,7 @@ from ._typing import (
     DTypeLike,
     OutSharding,
     PrecisionLike,
+    ResidualDTypeLike,
 )
 
 
@@ -47,7 +38,7 @@ def dot_general(
     preferred_element_type: DTypeLike | None = None,
     *,
     out_sharding: OutSharding = None,
-    residual_dtype: DTypeLike | None = None,
+    residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
     """General dot product, as ``lax.dot_general``, whose backward pass is derived by hand.
@@ -114,7 +105,6 @@ def dot_general(
              [196608., 196608., 196608., 196608.]], dtype=float32)
     """
     return apply_dot_general(
-        product,
         lhs,
         rhs,
         dimension_numbers,
@@ -125,30 +115,38 @@ def dot_general(
 
 
 def apply_dot_general(
-    product: Product,
     lhs: ArrayLike,
     rhs: ArrayLike,
     dimension_numbers: DotDimensionNumbers,
     options: Options,
 ) -> jax.Array:
-    """Check ``dot_general``'s arrays and dimension numbers against each other, then compute
-    ``product(lhs, rhs, dimension_numbers, options)``: the one entry point of every
-    differentiation mechanism (:func:`product` here, the hijax primitive of
-    :mod:`jaxmm.experimental`) and of every layout (``matmul``, ``einsum``, ...)."""
+    """Check ``dot_general``'s arrays and dimension numbers against each other, then compute the
+    product by ``options.mechanism`` (``None``: :func:`default_mechanism`): the one entry point of
+    every differentiation mechanism and of every layout (``matmul``, ``einsum``, ...)."""
+    lhs, rhs, dimensions = checked_operands(lhs, rhs, dimension_numbers)
+    result: jax.Array = _checked_dot_general(lhs, rhs, dimensions, options)
+    return result
+
+
+def checked_operands(
+    lhs: ArrayLike, rhs: ArrayLike, dimension_numbers: DotDimensionNumbers
+) -> tuple[jax.Array, jax.Array, Dimensions]:
+    """The operands as arrays and the dimension numbers canonical, checked against each other
+    (TypeError / ValueError naming the offending shapes and axes, before any work)."""
     lhs = as_array(lhs, "dot_general", 0)
     rhs = as_array(rhs, "dot_general", 1)
     dimensions = canonicalize_dimension_numbers(dimension_numbers)
     check_dot_general(lhs.shape, rhs.shape, dimensions)
-    result: jax.Array = _checked_dot_general(lhs, rhs, dimensions, options, product)
-    return result
+    return lhs, rhs, dimensions
 
 
-@staged(2, 3, 4)
+@staged(2, 3)
 def _checked_dot_general(
-    lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options, product: Product
+    lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options
 ) -> jax.Array:
     lhs, rhs = match_varying_axes(lhs, rhs)
-    return product(lhs, rhs, dimensions, options)
+    mechanism = options.mechanism or default_mechanism
+    return mechanism(lhs, rhs, dimensions, options)
 
 
 def match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -170,75 +168,14 @@ def match_varying_axes(lhs: jax.Array, rhs: jax.Array) -> tuple[jax.Array, jax.A
     return lhs, rhs
 
 
-def product(lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options) -> jax.Array:
-    """The product of :func:`dot_general`: operands saved as they are, by the primitive of
-    :mod:`jaxmm._bilinear` (whose batching rule folds ``vmap``'s axes into the product, and whose
-    residuals are JAX's own choice, as for ``jnp``); operands saved narrowed, by the
-    ``jax.custom_vjp`` below, which chooses its residuals itself."""
-    if options.residual is None:
-        return bilinear_dot_general(lhs, rhs, dimensions, options)
-    return _dot_general(lhs, rhs, dimensions, options)
-
-
-# Forward, then the forward rule (what it saves) and the backward rule (what it computes of it).
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _dot_general(
+def default_mechanism(
     lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options
 ) -> jax.Array:
-    return lax.dot_general(lhs, rhs, dimensions, **options.lax_params())
-
-
-def _dot_general_fwd(
-    lhs_primal: Any, rhs_primal: Any, dimensions: Dimensions, options: Options
-) -> tuple[jax.Array, tuple[Any, Any, _Types]]:
-    # With ``symbolic_zeros=True`` each primal arrives wrapped with a ``perturbed`` flag: an operand
-    # that no derivative flows into (frozen weights, inputs) needs no cotangent, so its cotangent
-    # product is skipped, and the other operand is not saved for it.
-    # The plain primitive, not the custom_vjp function: jax.hessian differentiates this rule (and
-    # the bwd rule) forward, which JAX refuses for a custom_vjp function.
-    lhs, rhs = lhs_primal.value, rhs_primal.value
-    out = lax.dot_general(lhs, rhs, dimensions, **options.lax_params())
-    # dL needs R and dR needs L: the residuals are the two operands, each only if it is needed.
-    types = _Types(jax.typeof(lhs), jax.typeof(rhs))
-    lhs_wanted = lhs_primal.perturbed and has_cotangent(types.lhs)
-    rhs_wanted = rhs_primal.perturbed and has_cotangent(types.rhs)
-    saved = []
-    for side, operand, wanted in (("lhs", lhs, rhs_wanted), ("rhs", rhs, lhs_wanted)):
-        if wanted:
-            saved.append(save_operand(operand, options.residual, dimensions, side))
-        else:
-            saved.append(not_saved_marker(operand, options.residual, side))
-    return out, (saved[0], saved[1], types)
-
-
-def _dot_general_bwd(
-    dimensions: Dimensions,
-    options: Options,
-    residuals: tuple[Any, Any, _Types],
-    cotangent: Any,
-) -> tuple[jax.Array | None, jax.Array | None]:
-    saved_lhs, saved_rhs, types = residuals
-    lhs_ct = rhs_ct = None
-    rule = (dimensions, options.precision, options.preferred_element_type)
-    if not isinstance(cotangent, SymbolicZero):  # else Y does not reach the loss
-        if is_saved(saved_rhs, types.rhs):  # R was saved because L's cotangent is wanted
-            rhs = load_operand(saved_rhs, types.rhs)
-            lhs_ct = lhs_cotangent(cotangent, types.lhs, rhs, *rule)
-        if is_saved(saved_lhs, types.lhs):
-            lhs = load_operand(saved_lhs, types.lhs)
-            rhs_ct = rhs_cotangent(cotangent, lhs, types.rhs, *rule)
-    lhs_ct = unwanted_cotangent_as_zeros(lhs_ct, types.lhs)
-    rhs_ct = unwanted_cotangent_as_zeros(rhs_ct, types.rhs)
-    return lhs_ct, rhs_ct
-
-
-_dot_general.defvjp(_dot_general_fwd, _dot_general_bwd, symbolic_zeros=True)
-
-
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class _Types:
-    """The two operands' types (shape, dtype, sharding): static facts for the backward pass."""
-
-    lhs: Any
-    rhs: Any
+    """How :func:`dot_general` differentiates a product: operands saved as they are, by the
+    primitive of :mod:`jaxmm._bilinear` (whose batching rule folds ``vmap``'s axes into the
+    product, and whose residuals are JAX's own choice, as for ``jnp``); operands saved narrowed,
+    by the ``jax.custom_vjp`` of :mod:`jaxmm._custom_vjp`, which chooses its residuals itself."""
+    if options.residual is None:
+        return bilinear_dot_general(lhs, rhs, dimensions, options)
+    out: jax.Array = custom_vjp_dot_general(lhs, rhs, dimensions, options)
+    return out

@@ -41,12 +41,12 @@ import opt_einsum  # type: ignore[import-untyped]  # (jnp.einsum's own path find
 from jax import lax
 
 from ._checks import as_array, dot_dtype, result_dtype
-from ._dot_general import apply_dot_general, product
+from ._dot_general import apply_dot_general
 from ._einsum_path import Letters, Shape, Step, check_sizes, parse, path
-from ._options import Options, Product
+from ._options import Options
 from ._rules import full_spec
 from ._scope import named, staged
-from ._typing import ArrayLike, DTypeLike, OutSharding, PrecisionLike
+from ._typing import ArrayLike, DTypeLike, OutSharding, PrecisionLike, ResidualDTypeLike
 
 OptimizeLike = bool | str | list[tuple[int, ...]]
 
@@ -61,7 +61,7 @@ def einsum(
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
     out_sharding: OutSharding = None,
-    residual_dtype: DTypeLike | None = None,
+    residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
     """Einstein summation, as ``jnp.einsum``, every contraction a ``jaxmm.dot_general``.
@@ -120,18 +120,17 @@ def einsum(
         residual_scaling,
         num_operands(subscripts, operands),
     )
-    return apply_einsum(product, subscripts, operands, optimize, opts)
+    return apply_einsum(subscripts, operands, optimize, opts)
 
 
 def apply_einsum(
-    product: Product,
     subscripts: str | ArrayLike,
     operands: tuple[Any, ...],
     optimize: OptimizeLike,
     options: Options,
 ) -> jax.Array:
-    """``einsum`` with every contraction computed by ``product``: the one parser, path and layout
-    plan of every differentiation mechanism."""
+    """``einsum`` with every contraction computed by ``options.mechanism``: the one parser, path
+    and layout plan of every differentiation mechanism."""
     if not isinstance(subscripts, str):
         # jnp.einsum's operand/sublist form, einsum(x, [0, 1], y, [1, 2], [0, 2]): the same
         # parser as jnp's (opt_einsum's) turns it into subscripts, with the same errors.
@@ -142,7 +141,7 @@ def apply_einsum(
     letters, out_letters = parse(subscripts, shapes)
     check_sizes(subscripts, letters, shapes)
     steps = path(letters, out_letters, shapes, optimize)
-    result: jax.Array = _einsum(arrays, letters, out_letters, steps, options, product)
+    result: jax.Array = _einsum(arrays, letters, out_letters, steps, options)
     return result
 
 
@@ -151,14 +150,13 @@ def num_operands(subscripts: Any, operands: tuple[Any, ...]) -> int:
     return len(operands) if isinstance(subscripts, str) else (len(operands) + 1) // 2
 
 
-@staged(1, 2, 3, 4, 5)
+@staged(1, 2, 3, 4)
 def _einsum(
     arrays: tuple[jax.Array, ...],
     letters: tuple[Letters, ...],
     out_letters: Letters,
     steps: tuple[Step, ...],
     options: Options,
-    product: Product,
 ) -> jax.Array:
     # As jnp.einsum: every product accumulates in the promoted dtype of all the operands (or
     # the preferred one), and a sum within one operand is taken in it.
@@ -185,7 +183,7 @@ def _einsum(
             residual=residual and residual.pair(a[2], b[2]),
         )
         wanted = out_letters if last else kept
-        y, y_letters = _contract(a[:2], b[:2], wanted, result, step_options, product)
+        y, y_letters = _contract(a[:2], b[:2], wanted, result, step_options)
         terms.append((y, y_letters, intermediate))
     ((x, x_letters, _),) = terms
     permutation = tuple(x_letters.index(c) for c in out_letters)
@@ -202,7 +200,6 @@ def _contract(
     wanted: Letters,
     result: np.dtype[Any],
     options: Options,
-    product: Product,
 ) -> tuple[jax.Array, Letters]:
     """One pairwise contraction: ``a`` and ``b`` reduced to the indices the other or ``wanted``
     needs, then one ``dot_general`` accumulating in the einsum's ``result`` dtype, sharded as
@@ -236,7 +233,7 @@ def _contract(
         out_sharding=_permuted_sharding(options.out_sharding, product_letters, wanted),
         residual=residual,
     )
-    y = apply_dot_general(product, a, b, dimension_numbers, product_options)
+    y = apply_dot_general(a, b, dimension_numbers, product_options)
     return y, product_letters
 
 

@@ -38,11 +38,11 @@ import numpy as np
 from jax import lax
 
 from ._checks import as_array, dot_dtype, result_dtype
-from ._dot_general import apply_dot_general, product
-from ._options import Options, Product
+from ._dot_general import apply_dot_general
+from ._options import Options
 from ._rules import full_spec
 from ._scope import named, staged
-from ._typing import ArrayLike, DTypeLike, OutSharding, PrecisionLike
+from ._typing import ArrayLike, DTypeLike, OutSharding, PrecisionLike, ResidualDTypeLike
 
 
 @named("jaxmm.matmul")
@@ -53,7 +53,7 @@ def matmul(
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
     out_sharding: OutSharding = None,
-    residual_dtype: DTypeLike | None = None,
+    residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
     """Matrix product with the semantics of ``jnp.matmul`` and a hand-derived backward pass.
@@ -94,7 +94,6 @@ def matmul(
              [6., 6.]], dtype=float32)
     """
     return apply_matmul(
-        product,
         a,
         b,
         Options.of(
@@ -103,16 +102,15 @@ def matmul(
     )
 
 
-def apply_matmul(product: Product, a: ArrayLike, b: ArrayLike, options: Options) -> jax.Array:
-    """``matmul`` with every product computed by ``product`` (a :data:`~jaxmm._options.Product`):
-    the one layout plan of every differentiation mechanism, and of ``matvec``, ``vecmat`` and
-    ``vecdot``."""
-    out: jax.Array = _matmul(as_array(a, "matmul", 0), as_array(b, "matmul", 1), options, product)
+def apply_matmul(a: ArrayLike, b: ArrayLike, options: Options) -> jax.Array:
+    """``matmul`` with every product computed by ``options.mechanism``: the one layout plan of
+    every differentiation mechanism, and of ``matvec``, ``vecmat`` and ``vecdot``."""
+    out: jax.Array = _matmul(as_array(a, "matmul", 0), as_array(b, "matmul", 1), options)
     return out
 
 
-@staged(2, 3)
-def _matmul(a: jax.Array, b: jax.Array, options: Options, product: Product) -> jax.Array:
+@staged(2)
+def _matmul(a: jax.Array, b: jax.Array, options: Options) -> jax.Array:
     for position, operand in enumerate((a, b)):
         if operand.ndim < 1:
             raise ValueError(
@@ -184,7 +182,6 @@ def _matmul(a: jax.Array, b: jax.Array, options: Options, product: Product) -> j
     a = lax.squeeze(a, a_squeeze) if a_squeeze else a
     b = lax.squeeze(b, b_squeeze) if b_squeeze else b
     y = apply_dot_general(
-        product,
         a,
         b,
         (((a.ndim - 1,), (b.ndim - 1 - b_is_matrix,)), (tuple(a_batch), tuple(b_batch))),

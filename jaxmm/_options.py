@@ -4,14 +4,21 @@ Every public function takes some of ``precision``, ``preferred_element_type``, `
 (as the ``jnp`` / ``lax`` function it mirrors) and jaxmm's ``residual_dtype`` /
 ``residual_scaling``. It turns them into one frozen, hashable :class:`Options` with
 :meth:`Options.of` before any work, and hands that down: to the layout code, to ``jax.jit`` as one
-static argument, to the product (``jaxmm.dot_general``'s mechanism, a :data:`Product`) and to the
-rules. Nothing below the public functions sees an option in its user-facing form.
+static argument, to the mechanism that computes each product and to the rules. Nothing below the
+public functions sees an option in its user-facing form.
+
+The mechanism is an option too, though no keyword sets it: the public functions of ``jaxmm`` use
+the default one, and the namespaces ``jaxmm.custom_vjp`` and ``jaxmm.experimental`` call the same
+public functions with :func:`using` in force (:mod:`jaxmm._namespace`), which :meth:`Options.of`
+reads. Being part of the static options, it keys ``jax.jit``'s caches as any other option does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -19,6 +26,25 @@ import numpy as np
 
 from ._residuals import ResidualFormat, canonicalize_residual
 from ._typing import Dimensions, DTypeLike, OutSharding, PrecisionLike
+
+# A differentiation mechanism: ``lax.dot_general`` of checked, canonical arguments, with
+# hand-derived rules (``jaxmm._dot_general.product``, ``jaxmm._custom_vjp.product``,
+# ``jaxmm._primitive.primitive_product``).
+Product = Callable[[jax.Array, jax.Array, Dimensions, "Options"], jax.Array]
+
+_MECHANISM: contextvars.ContextVar[Product | None] = contextvars.ContextVar(
+    "jaxmm_mechanism", default=None
+)
+
+
+@contextlib.contextmanager
+def using(mechanism: Product) -> Iterator[None]:
+    """Within this context, :meth:`Options.of` gives ``mechanism`` to every product it sets up."""
+    token = _MECHANISM.set(mechanism)
+    try:
+        yield
+    finally:
+        _MECHANISM.reset(token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +57,14 @@ class Options:
         without x64, as JAX computes it.
       out_sharding: the result's sharding, as ``lax.dot_general``'s.
       residual: how the operands are saved for the backward pass (``None``: as they are).
+      mechanism: the :data:`Product` that computes each product (``None``: jaxmm's default).
     """
 
     precision: Any = None
     preferred_element_type: np.dtype[Any] | None = None
     out_sharding: OutSharding = None
     residual: ResidualFormat | None = None
+    mechanism: Product | None = None
 
     @classmethod
     def of(
@@ -60,6 +88,7 @@ class Options:
             dtype,
             out_sharding,
             canonicalize_residual(residual_dtype, residual_scaling, num_operands),
+            _MECHANISM.get(),
         )
 
     def replace(self, **changes: Any) -> Options:
@@ -74,8 +103,3 @@ class Options:
             preferred_element_type=self.preferred_element_type,
             out_sharding=self.out_sharding,
         )
-
-
-# A differentiation mechanism: ``lax.dot_general`` of checked, canonical arguments, with
-# hand-derived rules (``jaxmm._dot_general.product``, ``jaxmm._primitive.primitive_product``).
-Product = Callable[[jax.Array, jax.Array, Dimensions, Options], jax.Array]

@@ -22,7 +22,6 @@ product keeps, in a position known from the dimension numbers.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
@@ -30,18 +29,10 @@ from jax import lax
 from jax.ad_checkpoint import Saveable
 from jax.experimental.hijax import Zero
 
+from . import _rules
 from ._compat import HiPrimitiveBase, RematRule, pin_saved_precision
 from ._options import Options
 from ._residuals import load_operand, save_operand
-from ._rules import (
-    batched_dimension_numbers,
-    batched_sharding,
-    check_linear_in_one,
-    has_cotangent,
-    lhs_cotangent,
-    rhs_cotangent,
-    tangent,
-)
 from ._typing import Dimensions
 
 
@@ -65,11 +56,7 @@ class DotGeneral(HiPrimitiveBase):
 
     def __init__(self, lhs_type: Any, rhs_type: Any, dimensions: Dimensions, options: Options):
         self.in_avals = (lhs_type, rhs_type)
-        # The result type of lax.dot_general itself (shape, dtype, weak type, and the sharding
-        # and shard_map varying axes of the operands), so that the primitive is typed as the
-        # product it stands for.
-        product = partial(lax.dot_general, dimension_numbers=dimensions, **options.lax_params())
-        self.out_aval = jax.typeof(jax.eval_shape(product, lhs_type, rhs_type))
+        self.out_aval = _rules.result_type(lhs_type, rhs_type, dimensions, options)
         self.params = dict(
             lhs_type=lhs_type, rhs_type=rhs_type, dimensions=dimensions, options=options
         )
@@ -83,24 +70,11 @@ class DotGeneral(HiPrimitiveBase):
 
     def expand(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
         """How the primitive lowers: the product itself."""
-        return lax.dot_general(lhs, rhs, self.dimensions, **self.options.lax_params())
+        return _rules.forward(lhs, rhs, self.dimensions, self.options)
 
     def _product(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
         """The same product (this primitive again) of other operands: the tangent products."""
         return primitive_product(lhs, rhs, self.dimensions, self.options)
-
-    def _cotangents(
-        self, cotangent: jax.Array, lhs: jax.Array | None, rhs: jax.Array | None
-    ) -> tuple[jax.Array | None, jax.Array | None]:
-        """``(L̄, R̄)``; ``None`` for an operand whose cotangent is not wanted (its partner was not
-        given). Precision and preferred type reach the backward products too."""
-        rule = (self.dimensions, self.options.precision, self.options.preferred_element_type)
-        lhs_ct = rhs_ct = None
-        if rhs is not None:
-            lhs_ct = lhs_cotangent(cotangent, self.lhs_type, rhs, *rule)
-        if lhs is not None:
-            rhs_ct = rhs_cotangent(cotangent, lhs, self.rhs_type, *rule)
-        return lhs_ct, rhs_ct
 
     def _save(self, operand: jax.Array, side: str) -> Any:
         return save_operand(operand, self.options.residual, self.dimensions, side)
@@ -123,7 +97,10 @@ class DotGeneral(HiPrimitiveBase):
         self, nzs_in: tuple[bool, bool], lhs: jax.Array, rhs: jax.Array
     ) -> tuple[jax.Array, tuple[Any, Any]]:
         lhs_wanted, rhs_wanted = nzs_in
-        wanted = (lhs_wanted and has_cotangent(lhs), rhs_wanted and has_cotangent(rhs))
+        wanted = (
+            lhs_wanted and _rules.has_cotangent(lhs),
+            rhs_wanted and _rules.has_cotangent(rhs),
+        )
         return self._saved(wanted, lhs, rhs)
 
     def vjp_bwd_retval(
@@ -131,10 +108,9 @@ class DotGeneral(HiPrimitiveBase):
     ) -> tuple[jax.Array | None, jax.Array | None]:
         if isinstance(cotangent, Zero):  # Y does not reach the loss: nothing to propagate
             return None, None
-        saved_lhs, saved_rhs = residuals
-        return self._cotangents(
-            cotangent, self._load(saved_lhs, "lhs"), self._load(saved_rhs, "rhs")
-        )
+        lhs, rhs = self._load(residuals[0], "lhs"), self._load(residuals[1], "rhs")
+        types = (self.lhs_type, self.rhs_type)
+        return _rules.cotangents(cotangent, lhs, rhs, types, self.dimensions, self.options)
 
     def lin(
         self, nzs_in: tuple[bool, bool], lhs: jax.Array, rhs: jax.Array
@@ -170,7 +146,7 @@ class DotGeneral(HiPrimitiveBase):
 
     def _tangent(self, lhs: Any, rhs: Any, lhs_dot: Any, rhs_dot: Any) -> Any:
         lhs_dot, rhs_dot = (None if isinstance(t, Zero) else t for t in (lhs_dot, rhs_dot))
-        out_dot = tangent(lhs, rhs, lhs_dot, rhs_dot, self._product)
+        out_dot = _rules.tangent(lhs, rhs, lhs_dot, rhs_dot, self._product)
         return Zero(self.out_aval.to_tangent_aval()) if out_dot is None else out_dot
 
     # The transpose of a use that is linear in one operand (the tangent products above, when
@@ -178,29 +154,20 @@ class DotGeneral(HiPrimitiveBase):
     # backward rule (_rules). The linear operand arrives as JAX's cotangent accumulator, the
     # other as a value.
     def transpose(self, cotangent: Any, lhs: Any, rhs: Any) -> None:
-        lhs_linear, rhs_linear = (_is_accumulator(x) for x in (lhs, rhs))
-        check_linear_in_one(lhs_linear, rhs_linear)
+        linear = (_is_accumulator(lhs), _is_accumulator(rhs))
         if isinstance(cotangent, Zero):
             return
-        lhs_ct, rhs_ct = self._cotangents(
-            cotangent, None if lhs_linear else lhs, None if rhs_linear else rhs
-        )
-        (lhs if lhs_linear else rhs).accum(lhs_ct if lhs_linear else rhs_ct)
+        types = (self.lhs_type, self.rhs_type)
+        ct = _rules.transpose(cotangent, lhs, rhs, linear, types, self.dimensions, self.options)
+        (lhs if linear[0] else rhs).accum(ct)
 
     def batch(
         self, axis_data: Any, args: tuple[jax.Array, jax.Array], dims: tuple[int | None, int | None]
     ) -> tuple[jax.Array, int | None]:
         lhs, rhs = args
-        lhs_dim, rhs_dim = dims
-        if lhs_dim is None and rhs_dim is None:  # vmap of jvp calls this for unbatched values
-            return self(lhs, rhs), None
-        # A mapped axis of one operand is a free axis of it, of both a batch pair (_rules).
-        dimensions, out_dim = batched_dimension_numbers(
-            self.dimensions, lhs.ndim, rhs.ndim, lhs_dim, rhs_dim
+        return _rules.batch(
+            primitive_product, lhs, rhs, dims, self.dimensions, self.options, axis_data
         )
-        sharding = batched_sharding(self.options.out_sharding, out_dim, axis_data)
-        options = self.options.replace(out_sharding=sharding)
-        return primitive_product(lhs, rhs, dimensions, options), out_dim
 
     def remat_rule(self, policy: Any, lhs: jax.Array, rhs: jax.Array) -> RematRule:
         """Under ``jax.checkpoint`` (JAX's ``jax_remat3`` implementation): ask the policy about

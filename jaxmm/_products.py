@@ -25,10 +25,10 @@ import jax
 from jax import lax
 
 from ._checks import as_array, dot_dtype, result_dtype
-from ._dot_general import apply_dot_general, product
-from ._options import Options, Product
+from ._dot_general import apply_dot_general
+from ._options import Options
 from ._scope import named, staged
-from ._typing import ArrayLike, Dimensions, DTypeLike, OutSharding, PrecisionLike
+from ._typing import ArrayLike, Dimensions, DTypeLike, OutSharding, PrecisionLike, ResidualDTypeLike
 
 Axes = tuple[tuple[int, ...], tuple[int, ...]]  # (lhs axes, rhs axes)
 _NONE: Axes = ((), ())  # no batch (or no contracting) axes
@@ -42,7 +42,7 @@ def dot(
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
     out_sharding: OutSharding = None,
-    residual_dtype: DTypeLike | None = None,
+    residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
     """Dot product with the semantics of ``jnp.dot``, computed by ``jaxmm.dot_general``.
@@ -72,18 +72,18 @@ def dot(
     opts = Options.of(
         precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
     )
-    return apply_dot(product, a, b, opts)
+    return apply_dot(a, b, opts)
 
 
-def apply_dot(product: Product, a: ArrayLike, b: ArrayLike, options: Options) -> jax.Array:
-    """:func:`dot` by ``product``."""
+def apply_dot(a: ArrayLike, b: ArrayLike, options: Options) -> jax.Array:
+    """:func:`dot` by ``options.mechanism``."""
     a, b = as_array(a, "dot", 0), as_array(b, "dot", 1)
     contract: Axes
     if a.ndim == 0 or b.ndim == 0:
         contract = _NONE  # a scaling: every axis is free
     else:
         contract = ((a.ndim - 1,), (max(b.ndim - 2, 0),))
-    return _product(product, a, b, (contract, _NONE), options)
+    return _product(a, b, (contract, _NONE), options)
 
 
 @named("jaxmm.tensordot")
@@ -95,7 +95,7 @@ def tensordot(
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
     out_sharding: OutSharding = None,
-    residual_dtype: DTypeLike | None = None,
+    residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
     """Tensor contraction with the semantics of ``jnp.tensordot``, by ``jaxmm.dot_general``.
@@ -123,15 +123,13 @@ def tensordot(
     opts = Options.of(
         precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
     )
-    return apply_tensordot(product, a, b, axes, opts)
+    return apply_tensordot(a, b, axes, opts)
 
 
-def apply_tensordot(
-    product: Product, a: ArrayLike, b: ArrayLike, axes: Any, options: Options
-) -> jax.Array:
-    """:func:`tensordot` by ``product``."""
+def apply_tensordot(a: ArrayLike, b: ArrayLike, axes: Any, options: Options) -> jax.Array:
+    """:func:`tensordot` by ``options.mechanism``."""
     a, b = as_array(a, "tensordot", 0), as_array(b, "tensordot", 1)
-    return _product(product, a, b, (_tensordot_axes(axes, a.shape, b.shape), _NONE), options)
+    return _product(a, b, (_tensordot_axes(axes, a.shape, b.shape), _NONE), options)
 
 
 def _tensordot_axes(axes: Any, a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> Axes:
@@ -187,7 +185,7 @@ def vdot(
     *,
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
-    residual_dtype: DTypeLike | None = None,
+    residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
     """Conjugate dot product of two flattened arrays, as ``jnp.vdot``, by ``jaxmm.dot_general``.
@@ -209,14 +207,14 @@ def vdot(
       Array(7.+0.j, dtype=complex64)
     """
     opts = Options.of(precision, preferred_element_type, None, residual_dtype, residual_scaling)
-    return apply_vdot(product, a, b, opts)
+    return apply_vdot(a, b, opts)
 
 
-def apply_vdot(product: Product, a: ArrayLike, b: ArrayLike, options: Options) -> jax.Array:
-    """:func:`vdot` by ``product``."""
+def apply_vdot(a: ArrayLike, b: ArrayLike, options: Options) -> jax.Array:
+    """:func:`vdot` by ``options.mechanism``."""
     a, b = as_array(a, "vdot", 0), as_array(b, "vdot", 1)
     a, b = lax.reshape(conj(a), (a.size,)), lax.reshape(b, (b.size,))
-    return _product(product, a, b, (((0,), (0,)), _NONE), options)
+    return _product(a, b, (((0,), (0,)), _NONE), options)
 
 
 @named("jaxmm.inner")
@@ -226,7 +224,7 @@ def inner(
     *,
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
-    residual_dtype: DTypeLike | None = None,
+    residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
     """Inner product over the last axes, as ``jnp.inner`` (no conjugation), by
@@ -249,14 +247,14 @@ def inner(
       (2, 5)
     """
     opts = Options.of(precision, preferred_element_type, None, residual_dtype, residual_scaling)
-    return apply_inner(product, a, b, opts)
+    return apply_inner(a, b, opts)
 
 
-def apply_inner(product: Product, a: ArrayLike, b: ArrayLike, options: Options) -> jax.Array:
-    """:func:`inner` by ``product``."""
+def apply_inner(a: ArrayLike, b: ArrayLike, options: Options) -> jax.Array:
+    """:func:`inner` by ``options.mechanism``."""
     a, b = as_array(a, "inner", 0), as_array(b, "inner", 1)
     contract: Axes = _NONE if a.ndim == 0 or b.ndim == 0 else ((a.ndim - 1,), (b.ndim - 1,))
-    return _product(product, a, b, (contract, _NONE), options)
+    return _product(a, b, (contract, _NONE), options)
 
 
 @named("jaxmm.outer")
@@ -265,7 +263,7 @@ def outer(
     b: ArrayLike,
     out: None = None,
     *,
-    residual_dtype: DTypeLike | None = None,
+    residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
     """Outer product of two flattened arrays, as ``jnp.outer``, by ``jaxmm.dot_general``.
@@ -288,20 +286,16 @@ def outer(
       Array([[1., 2., 3.],
              [2., 4., 6.]], dtype=float32)
     """
-    return apply_outer(
-        product, a, b, out, Options.of(None, None, None, residual_dtype, residual_scaling)
-    )
+    return apply_outer(a, b, out, Options.of(None, None, None, residual_dtype, residual_scaling))
 
 
-def apply_outer(
-    product: Product, a: ArrayLike, b: ArrayLike, out: None, options: Options
-) -> jax.Array:
-    """:func:`outer` by ``product``."""
+def apply_outer(a: ArrayLike, b: ArrayLike, out: None, options: Options) -> jax.Array:
+    """:func:`outer` by ``options.mechanism``."""
     if out is not None:
         raise NotImplementedError("The 'out' argument to jaxmm.outer is not supported.")
     a, b = as_array(a, "outer", 0), as_array(b, "outer", 1)
     a, b = lax.reshape(a, (a.size,)), lax.reshape(b, (b.size,))
-    return _product(product, a, b, (_NONE, _NONE), options)
+    return _product(a, b, (_NONE, _NONE), options)
 
 
 def conj(x: jax.Array) -> jax.Array:
@@ -309,15 +303,13 @@ def conj(x: jax.Array) -> jax.Array:
     return lax.conj(x) if jax.numpy.iscomplexobj(x) else x
 
 
-@staged(0, 3, 4)
-def _product(
-    product: Product, a: jax.Array, b: jax.Array, dimensions: Dimensions, options: Options
-) -> jax.Array:
-    """``dot_general`` by ``product`` in the result dtype ``jnp`` gives (the promoted operand
-    dtype, or ``preferred_element_type``)."""
+@staged(2, 3)
+def _product(a: jax.Array, b: jax.Array, dimensions: Dimensions, options: Options) -> jax.Array:
+    """``dot_general`` by ``options.mechanism`` in the result dtype ``jnp`` gives (the promoted
+    operand dtype, or ``preferred_element_type``)."""
     result = result_dtype((a, b), options.preferred_element_type)
     dot_options = options.replace(
         preferred_element_type=dot_dtype((a, b), result, options.preferred_element_type)
     )
-    y = apply_dot_general(product, a, b, dimensions, dot_options)
+    y = apply_dot_general(a, b, dimensions, dot_options)
     return y if y.dtype == result else lax.convert_element_type(y, result)

@@ -79,8 +79,9 @@ rule is obtained from JAX's autodiff.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -88,14 +89,16 @@ from jax import lax
 
 from ._typing import Dimensions
 
+if TYPE_CHECKING:  # _options imports _residuals, which imports kept_axes from here
+    from ._options import Options, Product
+
 
 def lhs_cotangent(
     cotangent: jax.Array,
     lhs_type: Any,
     rhs: jax.Array,
     dimension_numbers: Dimensions,
-    precision: Any,
-    preferred_element_type: Any,
+    options: Options,
     *,
     rhs_free_first: bool = False,
 ) -> jax.Array:
@@ -118,13 +121,11 @@ def lhs_cotangent(
     # Σ_j pairs Y's rhs-free axes with R's free axes, b stays paired with R's batch axes; the
     # product's axes are (b, i, c), transposed back to L's order.
     product_axes = (*lhs_batch, *lhs_free, *c_axes)
-    product = lax.dot_general(
+    product = forward(
         cotangent,
         rhs,
         ((summed, rhs_free), (batch, rhs_batch)),
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        out_sharding=_cotangent_sharding(lhs_type, product_axes),
+        options.replace(out_sharding=_cotangent_sharding(lhs_type, product_axes)),
     )
     lhs_cotangent = _transpose(product, tuple(np.argsort(product_axes, kind="stable")))
     return _cast_like(lhs_cotangent, lhs_type)
@@ -135,21 +136,104 @@ def rhs_cotangent(
     lhs: jax.Array,
     rhs_type: Any,
     dimension_numbers: Dimensions,
-    precision: Any,
-    preferred_element_type: Any,
+    options: Options,
 ) -> jax.Array:
     """``dR[b, c, j] = Σ_i dY[b, i, j] L[b, i, c]``, in ``R``'s axis order, shape and dtype: the
     lhs rule with the operands' roles (and dimension numbers) swapped."""
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
     swapped = ((rhs_contract, lhs_contract), (rhs_batch, lhs_batch))
-    return lhs_cotangent(
+    return lhs_cotangent(cotangent, rhs_type, lhs, swapped, options, rhs_free_first=True)
+
+
+# --- What every mechanism registers: the rules above, in the forms JAX asks for them ------------
+
+
+def forward(lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options) -> jax.Array:
+    """``Y[b, i, j] = Σ_c L[b, i, c] R[b, c, j]``: ``lax.dot_general`` with the options, what every
+    mechanism computes and lowers to."""
+    return lax.dot_general(lhs, rhs, dimensions, **options.lax_params())
+
+
+def cotangents(
+    cotangent: jax.Array,
+    lhs: jax.Array | None,
+    rhs: jax.Array | None,
+    types: tuple[Any, Any],
+    dimensions: Dimensions,
+    options: Options,
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """``(L̄, R̄)``, each computed where its partner is given (``L̄`` reads ``R``, ``R̄`` reads
+    ``L``) and ``None`` where it is not: an operand nobody differentiates costs no product."""
+    lhs_type, rhs_type = types
+    lhs_ct = rhs_ct = None
+    if rhs is not None:
+        lhs_ct = lhs_cotangent(cotangent, lhs_type, rhs, dimensions, options)
+    if lhs is not None:
+        rhs_ct = rhs_cotangent(cotangent, lhs, rhs_type, dimensions, options)
+    return lhs_ct, rhs_ct
+
+
+def transpose(
+    cotangent: jax.Array,
+    lhs: Any,
+    rhs: Any,
+    linear: tuple[bool, bool],
+    types: tuple[Any, Any],
+    dimensions: Dimensions,
+    options: Options,
+) -> jax.Array:
+    """The transpose of a tangent product (``dL·R`` is linear in ``L``, ``L·dR`` in ``R``): the
+    backward rule for the one linear operand (module docstring), reading the other one."""
+    lhs_linear, rhs_linear = linear
+    if lhs_linear == rhs_linear:
+        raise NotImplementedError(
+            "jaxmm's product is linear in one operand at a time; transposing it with respect to "
+            f"{'both' if lhs_linear else 'neither'} operands is not defined."
+        )
+    lhs_ct, rhs_ct = cotangents(
         cotangent,
-        rhs_type,
-        lhs,
-        swapped,
-        precision,
-        preferred_element_type,
-        rhs_free_first=True,
+        None if lhs_linear else lhs,
+        None if rhs_linear else rhs,
+        types,
+        dimensions,
+        options,
+    )
+    result = lhs_ct if lhs_linear else rhs_ct
+    assert result is not None
+    return result
+
+
+def batch(
+    product: Product,
+    lhs: jax.Array,
+    rhs: jax.Array,
+    mapped: tuple[int | None, int | None],
+    dimensions: Dimensions,
+    options: Options,
+    axis_data: Any,
+) -> tuple[jax.Array, int | None]:
+    """The batching rule: ``vmap`` of ``product`` is ``product`` with new dimension numbers (a
+    mapped axis of one operand is one more free axis of it, of both one more batch pair) and the
+    result sharding with the mapped axis inserted. Returns the result and its mapped axis."""
+    lhs_dim, rhs_dim = mapped  # None: not mapped
+    if lhs_dim is None and rhs_dim is None:  # vmap of jvp asks this for unmapped values
+        return product(lhs, rhs, dimensions, options), None
+    dimensions, out_dim = batched_dimension_numbers(
+        dimensions, lhs.ndim, rhs.ndim, lhs_dim, rhs_dim
+    )
+    sharding = batched_sharding(options.out_sharding, out_dim, axis_data)
+    return product(lhs, rhs, dimensions, options.replace(out_sharding=sharding)), out_dim
+
+
+@functools.lru_cache(maxsize=4096)
+def result_type(lhs_type: Any, rhs_type: Any, dimensions: Dimensions, options: Options) -> Any:
+    """The type of ``lax.dot_general``'s own result (shape, dtype, weak type, sharding and the
+    ``shard_map`` varying axes of the operands): a mechanism's product is typed as the product it
+    stands for."""
+    return jax.typeof(
+        jax.eval_shape(
+            functools.partial(forward, dimensions=dimensions, options=options), lhs_type, rhs_type
+        )
     )
 
 
@@ -181,16 +265,6 @@ def tangent(
     if not terms:
         return None
     return terms[0] if len(terms) == 1 else lax.add(*terms)
-
-
-def check_linear_in_one(lhs_linear: bool, rhs_linear: bool) -> None:
-    """A tangent product (``dL·R`` or ``L·dR``) is linear in exactly one operand, and transposing
-    it is the backward rule for that operand: anything else is not a transpose jaxmm defines."""
-    if lhs_linear == rhs_linear:
-        raise NotImplementedError(
-            "jaxmm's product is linear in one operand at a time; transposing it with respect to "
-            f"{'both' if lhs_linear else 'neither'} operands is not defined."
-        )
 
 
 def free_axes(ndim: int, contract: Sequence[int], batch: Sequence[int]) -> tuple[int, ...]:

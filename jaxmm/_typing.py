@@ -29,6 +29,9 @@ DotDimensionNumbers = tuple[
 # The same, canonical (checked, tuples of ints): what jaxmm's internals pass around.
 Dimensions = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
 
+# jaxmm's residual_dtype: one dtype for every operand, or one (or None: as it is) per operand.
+ResidualDTypeLike = DTypeLike | Sequence[DTypeLike | None] | None
+
 # As the out_sharding of jnp.matmul, jnp.einsum and lax.dot_general.
 OutSharding = NamedSharding | PartitionSpec | None
 
@@ -39,4 +42,5 @@ __all__ = [
     "DotDimensionNumbers",
     "OutSharding",
     "PrecisionLike",
+    "ResidualDTypeLike",
 ]

@@ -14,12 +14,11 @@ import numpy as np
 from jax import lax
 
 from ._checks import as_array
-from ._dot_general import product
 from ._matmul import apply_matmul
-from ._options import Options, Product
+from ._options import Options
 from ._products import conj
 from ._scope import named
-from ._typing import ArrayLike, DTypeLike, PrecisionLike
+from ._typing import ArrayLike, DTypeLike, PrecisionLike, ResidualDTypeLike
 
 
 @named("jaxmm.matvec")
@@ -28,7 +27,7 @@ def matvec(
     x2: ArrayLike,
     /,
     *,
-    residual_dtype: DTypeLike | None = None,
+    residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
     """Batched matrix-vector product, as ``jnp.matvec``, by ``jaxmm.matmul``'s layout plan.
@@ -49,17 +48,15 @@ def matvec(
       >>> jaxmm.matvec(jnp.ones((5, 2, 3)), jnp.ones((5, 3))).shape
       (5, 2)
     """
-    return apply_matvec(
-        product, x1, x2, Options.of(None, None, None, residual_dtype, residual_scaling)
-    )
+    return apply_matvec(x1, x2, Options.of(None, None, None, residual_dtype, residual_scaling))
 
 
-def apply_matvec(product: Product, x1: ArrayLike, x2: ArrayLike, options: Options) -> jax.Array:
-    """:func:`matvec` by ``product``."""
+def apply_matvec(x1: ArrayLike, x2: ArrayLike, options: Options) -> jax.Array:
+    """:func:`matvec` by ``options.mechanism``."""
     x1, x2 = as_array(x1, "matvec", 0), as_array(x2, "matvec", 1)
     _check_vectorized("matvec", x1, x2, 2, 1, -1)
     x2 = lax.expand_dims(x2, (x2.ndim,))  # (..., n, 1): a batch of columns
-    y = apply_matmul(product, x1, x2, options)
+    y = apply_matmul(x1, x2, options)
     return lax.squeeze(y, (y.ndim - 1,))
 
 
@@ -69,7 +66,7 @@ def vecmat(
     x2: ArrayLike,
     /,
     *,
-    residual_dtype: DTypeLike | None = None,
+    residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
     """Batched conjugate vector-matrix product, as ``jnp.vecmat``, by ``jaxmm.matmul``'s plan.
@@ -90,17 +87,15 @@ def vecmat(
       >>> jaxmm.vecmat(jnp.ones((5, 3)), jnp.ones((5, 3, 2))).shape
       (5, 2)
     """
-    return apply_vecmat(
-        product, x1, x2, Options.of(None, None, None, residual_dtype, residual_scaling)
-    )
+    return apply_vecmat(x1, x2, Options.of(None, None, None, residual_dtype, residual_scaling))
 
 
-def apply_vecmat(product: Product, x1: ArrayLike, x2: ArrayLike, options: Options) -> jax.Array:
-    """:func:`vecmat` by ``product``."""
+def apply_vecmat(x1: ArrayLike, x2: ArrayLike, options: Options) -> jax.Array:
+    """:func:`vecmat` by ``options.mechanism``."""
     x1, x2 = as_array(x1, "vecmat", 0), as_array(x2, "vecmat", 1)
     _check_vectorized("vecmat", x1, x2, 1, 2, -2)
     x1 = lax.expand_dims(conj(x1), (x1.ndim - 1,))  # (..., 1, n): a batch of rows
-    y = apply_matmul(product, x1, x2, options)
+    y = apply_matmul(x1, x2, options)
     return lax.squeeze(y, (y.ndim - 2,))
 
 
@@ -113,7 +108,7 @@ def vecdot(
     axis: int = -1,
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
-    residual_dtype: DTypeLike | None = None,
+    residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
     """Batched conjugate dot product along ``axis``, as ``jnp.vecdot``, by ``jaxmm.matmul``'s plan.
@@ -137,13 +132,11 @@ def vecdot(
       Array([3., 7.], dtype=float32)
     """
     opts = Options.of(precision, preferred_element_type, None, residual_dtype, residual_scaling)
-    return apply_vecdot(product, x1, x2, axis, opts)
+    return apply_vecdot(x1, x2, axis, opts)
 
 
-def apply_vecdot(
-    product: Product, x1: ArrayLike, x2: ArrayLike, axis: int, options: Options
-) -> jax.Array:
-    """:func:`vecdot` by ``product``."""
+def apply_vecdot(x1: ArrayLike, x2: ArrayLike, axis: int, options: Options) -> jax.Array:
+    """:func:`vecdot` by ``options.mechanism``."""
     x1, x2 = as_array(x1, "vecdot", 0), as_array(x2, "vecdot", 1)
     if x1.shape[axis] != x2.shape[axis]:  # an axis out of range is an IndexError, as in jnp
         raise ValueError(
@@ -155,7 +148,7 @@ def apply_vecdot(
     # (..., 1, n) @ (..., n, 1): each pair of vectors is a 1x1 matrix product, the leading axes
     # broadcast by matmul's plan.
     x1, x2 = lax.expand_dims(x1, (x1.ndim - 1,)), lax.expand_dims(x2, (x2.ndim,))
-    y = apply_matmul(product, x1, x2, options)
+    y = apply_matmul(x1, x2, options)
     return lax.squeeze(y, (y.ndim - 2, y.ndim - 1))
 
 

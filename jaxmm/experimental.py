@@ -5,7 +5,7 @@ options.
 The default functions (``jaxmm.matmul``, ``jaxmm.einsum``, ...) support forward mode with their
 default options, but with ``residual_dtype`` they are ``jax.custom_vjp`` functions, for which JAX
 refuses it. The functions here are the same functions (signatures, results, dtypes, errors,
-options, layout code and backward rules), with every product one primitive
+options, layout code and backward rules, :mod:`jaxmm._namespace`), with every product one primitive
 (``jax.experimental.hijax.HiPrim``, called ``VJPHiPrimitive`` before JAX 0.11.2) that also
 carries the hand-derived JVP, ``dY = dL·R + L·dR`` (derivation in ``jaxmm/_rules.py``), a
 batching rule, a transpose rule and a checkpointing rule. The primitive API is experimental in
@@ -28,8 +28,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 
 from ._compat import HIJAX_BASE, HIJAX_MISSING
@@ -37,14 +35,9 @@ from ._compat import HIJAX_BASE, HIJAX_MISSING
 if HIJAX_BASE is None:  # pragma: no cover - depends on the installed JAX
     raise ImportError(HIJAX_MISSING.format(version=jax.__version__))
 
-from . import _products, _vectorized
-from ._dot_general import apply_dot_general
-from ._einsum import OptimizeLike, apply_einsum, num_operands
-from ._matmul import apply_matmul
-from ._options import Options
+from . import _dot_general, _einsum, _matmul, _products, _vectorized
+from ._namespace import F, with_mechanism
 from ._primitive import primitive_product
-from ._scope import named
-from ._typing import ArrayLike, DotDimensionNumbers, DTypeLike, OutSharding, PrecisionLike
 
 __all__ = [
     "dot",
@@ -60,222 +53,19 @@ __all__ = [
     "vecmat",
 ]
 
-# Each function: the public signature of its jaxmm namesake, whose documentation (arguments,
-# result, backward rule) is its own; the options made one Options value; the same layout code.
+
+def _hijax(public: F) -> F:
+    return with_mechanism(public, primitive_product, __name__)
 
 
-@named("jaxmm.experimental.dot_general")
-def dot_general(
-    lhs: ArrayLike,
-    rhs: ArrayLike,
-    dimension_numbers: DotDimensionNumbers,
-    precision: PrecisionLike = None,
-    preferred_element_type: DTypeLike | None = None,
-    *,
-    out_sharding: OutSharding = None,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """:func:`jaxmm.dot_general` as one primitive that also has a hand-derived forward rule.
-
-    Forward (``Y[b, i, j] = Σ_c L[b, i, c] R[b, c, j]``)::
-
-      dY[b, i, j] = Σ_c dL[b, i, c] R[b, c, j] + Σ_c L[b, i, c] dR[b, c, j]
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jaxmm import experimental
-      >>> x, w = jnp.ones((2, 3)), jnp.ones((3, 4))
-      >>> dn = (((1,), (0,)), ((), ()))
-      >>> jax.jvp(lambda x: experimental.dot_general(x, w, dn), (x,), (x,))[1][0]
-      Array([3., 3., 3., 3.], dtype=float32)
-    """
-    opts = Options.of(
-        precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
-    )
-    return apply_dot_general(primitive_product, lhs, rhs, dimension_numbers, opts)
-
-
-@named("jaxmm.experimental.matmul")
-def matmul(
-    a: ArrayLike,
-    b: ArrayLike,
-    *,
-    precision: PrecisionLike = None,
-    preferred_element_type: DTypeLike | None = None,
-    out_sharding: OutSharding = None,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """:func:`jaxmm.matmul` with every product :func:`jaxmm.experimental.dot_general`'s.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jaxmm import experimental
-      >>> a, b = jnp.ones((2, 3)), jnp.ones((3,))
-      >>> jax.jacfwd(experimental.matmul, argnums=1)(a, b)
-      Array([[1., 1., 1.],
-             [1., 1., 1.]], dtype=float32)
-    """
-    opts = Options.of(
-        precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
-    )
-    return apply_matmul(primitive_product, a, b, opts)
-
-
-@named("jaxmm.experimental.einsum")
-def einsum(
-    subscripts: str | ArrayLike,
-    /,
-    *operands: ArrayLike,
-    out: None = None,
-    optimize: OptimizeLike = "auto",
-    precision: PrecisionLike = None,
-    preferred_element_type: DTypeLike | None = None,
-    out_sharding: OutSharding = None,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """:func:`jaxmm.einsum` with every pairwise contraction one primitive.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jaxmm import experimental
-      >>> x, w = jnp.ones((2, 3)), jnp.ones((3, 4))
-      >>> y, linear = jax.linearize(lambda w: experimental.einsum("ij,jk->ik", x, w), w)
-      >>> linear(2 * w)[0]
-      Array([6., 6., 6., 6.], dtype=float32)
-    """
-    if out is not None:
-        raise NotImplementedError("The 'out' argument to jaxmm.einsum is not supported.")
-    count = num_operands(subscripts, operands)
-    opts = Options.of(
-        precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling, count
-    )
-    return apply_einsum(primitive_product, subscripts, operands, optimize, opts)
-
-
-@named("jaxmm.experimental.dot")
-def dot(
-    a: ArrayLike,
-    b: ArrayLike,
-    *,
-    precision: PrecisionLike = None,
-    preferred_element_type: DTypeLike | None = None,
-    out_sharding: OutSharding = None,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """:func:`jaxmm.dot` as one primitive with a forward rule."""
-    opts = Options.of(
-        precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
-    )
-    return _products.apply_dot(primitive_product, a, b, opts)
-
-
-@named("jaxmm.experimental.tensordot")
-def tensordot(
-    a: ArrayLike,
-    b: ArrayLike,
-    axes: int | Sequence[int] | Sequence[Sequence[int]] = 2,
-    *,
-    precision: PrecisionLike = None,
-    preferred_element_type: DTypeLike | None = None,
-    out_sharding: OutSharding = None,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """:func:`jaxmm.tensordot` as one primitive with a forward rule."""
-    opts = Options.of(
-        precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
-    )
-    return _products.apply_tensordot(primitive_product, a, b, axes, opts)
-
-
-@named("jaxmm.experimental.vdot")
-def vdot(
-    a: ArrayLike,
-    b: ArrayLike,
-    *,
-    precision: PrecisionLike = None,
-    preferred_element_type: DTypeLike | None = None,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """:func:`jaxmm.vdot` as one primitive with a forward rule."""
-    opts = Options.of(precision, preferred_element_type, None, residual_dtype, residual_scaling)
-    return _products.apply_vdot(primitive_product, a, b, opts)
-
-
-@named("jaxmm.experimental.inner")
-def inner(
-    a: ArrayLike,
-    b: ArrayLike,
-    *,
-    precision: PrecisionLike = None,
-    preferred_element_type: DTypeLike | None = None,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """:func:`jaxmm.inner` as one primitive with a forward rule."""
-    opts = Options.of(precision, preferred_element_type, None, residual_dtype, residual_scaling)
-    return _products.apply_inner(primitive_product, a, b, opts)
-
-
-@named("jaxmm.experimental.outer")
-def outer(
-    a: ArrayLike,
-    b: ArrayLike,
-    out: None = None,
-    *,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """:func:`jaxmm.outer` as one primitive with a forward rule."""
-    opts = Options.of(None, None, None, residual_dtype, residual_scaling)
-    return _products.apply_outer(primitive_product, a, b, out, opts)
-
-
-@named("jaxmm.experimental.matvec")
-def matvec(
-    x1: ArrayLike,
-    x2: ArrayLike,
-    /,
-    *,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """:func:`jaxmm.matvec` as one primitive with a forward rule."""
-    opts = Options.of(None, None, None, residual_dtype, residual_scaling)
-    return _vectorized.apply_matvec(primitive_product, x1, x2, opts)
-
-
-@named("jaxmm.experimental.vecmat")
-def vecmat(
-    x1: ArrayLike,
-    x2: ArrayLike,
-    /,
-    *,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """:func:`jaxmm.vecmat` as one primitive with a forward rule."""
-    opts = Options.of(None, None, None, residual_dtype, residual_scaling)
-    return _vectorized.apply_vecmat(primitive_product, x1, x2, opts)
-
-
-@named("jaxmm.experimental.vecdot")
-def vecdot(
-    x1: ArrayLike,
-    x2: ArrayLike,
-    /,
-    *,
-    axis: int = -1,
-    precision: PrecisionLike = None,
-    preferred_element_type: DTypeLike | None = None,
-    residual_dtype: DTypeLike | None = None,
-    residual_scaling: str = "tensor",
-) -> jax.Array:
-    """:func:`jaxmm.vecdot` as one primitive with a forward rule."""
-    opts = Options.of(precision, preferred_element_type, None, residual_dtype, residual_scaling)
-    return _vectorized.apply_vecdot(primitive_product, x1, x2, axis, opts)
+dot = _hijax(_products.dot)
+dot_general = _hijax(_dot_general.dot_general)
+einsum = _hijax(_einsum.einsum)
+inner = _hijax(_products.inner)
+matmul = _hijax(_matmul.matmul)
+matvec = _hijax(_vectorized.matvec)
+outer = _hijax(_products.outer)
+tensordot = _hijax(_products.tensordot)
+vdot = _hijax(_products.vdot)
+vecdot = _hijax(_vectorized.vecdot)
+vecmat = _hijax(_vectorized.vecmat)

@@ -1,7 +1,8 @@
-"""The case tables the tests share: dtypes, the mechanisms (``jaxmm`` and, where JAX has hijax
-primitives, ``jaxmm.experimental``), and the shapes, dimension numbers and subscripts each
-function is checked on. A test parametrised over a table runs every case with ``--full`` and,
-by default, each named value (dtype, function, mechanism) at least once (tests/conftest.py)."""
+"""The case tables the tests share: dtypes, the mechanisms (``jaxmm``, ``jaxmm.custom_vjp`` and,
+where JAX has hijax primitives, ``jaxmm.experimental``), and the shapes, dimension numbers and
+subscripts each function is checked on. A test parametrised over a table runs every case with
+``--full`` and, by default, each named value (dtype, function, mechanism) at least once
+(tests/conftest.py)."""
 
 import jax.numpy as jnp
 
@@ -18,7 +19,9 @@ EXACT_DTYPES = [jnp.int8, jnp.int32, jnp.bool_]
 ALL_DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES + EXACT_DTYPES
 
 # The modules offering the product family, each with its own differentiation mechanism.
-MECHANISMS = [jaxmm] + ([experimental] if experimental is not None else [])
+MECHANISMS = [jaxmm, jaxmm.custom_vjp] + ([experimental] if experimental is not None else [])
+# Those with forward mode (JAX refuses jax.jvp of a custom_vjp function).
+FORWARD_MODE = [m for m in MECHANISMS if m is not jaxmm.custom_vjp]
 
 NAMES = ["dot", "tensordot", "vdot", "inner", "outer", "matvec", "vecmat", "vecdot"]
 # The functions with their own layout code around the product: plain, conjugated, flattened,
