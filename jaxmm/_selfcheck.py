@@ -4,9 +4,10 @@ table).
 
 Each function is checked in reverse mode (``check_vjp``, jitted and eagerly) in several dtypes,
 under ``vmap`` and to second order (the VJP of its gradient), in forward mode (``check_jvp``: the
-default function and, where JAX has it, its :mod:`jaxmm.experimental` namesake), and with its
-operands saved narrowed (``residual_dtype``), where the tolerance is the residual dtype's
-rounding instead of the result's.
+default function and, where JAX has it, its :mod:`jaxmm.experimental` namesake), its
+:mod:`jaxmm.custom_vjp` namesake in reverse mode, and with its operands saved narrowed
+(``residual_dtype``), where the tolerance is the residual dtype's rounding instead of the
+result's. :func:`table` lays the results out as one row per function, one column per check.
 """
 
 from __future__ import annotations
@@ -91,6 +92,50 @@ class Case:
         shapes = " ".join(str(s).replace(" ", "") for s in self.shapes)
         return f"{self.name} {shapes} {self.dtype} {self.transform}"
 
+    @property
+    def function(self) -> str:
+        """The row of :func:`table`: the jaxmm function checked."""
+        return self.name.rpartition(".")[2]
+
+    @property
+    def column(self) -> str:
+        """The column of :func:`table`: what the case checks of its function."""
+        if self.name.startswith(("experimental.", "custom_vjp.")):
+            return self.name.partition(".")[0]
+        if self.transform.startswith("residual"):
+            return "residual"
+        if self.transform == "vjp":
+            return {"float32": "vjp", "float64": "f64", "bfloat16": "bf16"}.get(
+                self.dtype, "complex"
+            )
+        return {"grad": "grad²"}.get(self.transform, self.transform)
+
+
+COLUMNS: tuple[str, ...] = ("vjp", "f64", "bf16", "complex", "vmap", "grad²", "jvp", "residual")
+COLUMNS += ("custom_vjp", "experimental")
+
+
+def table(results: list[tuple[Case, str | None]]) -> str:
+    """One row per function, one column per check: ``PASS`` when every case of the cell passed,
+    ``FAIL`` when one did not, blank where the function has no such check (``complex``: vdot
+    and dot_general; ``experimental``: forward mode of :mod:`jaxmm.experimental`, where the
+    installed JAX has it)."""
+    cells: dict[tuple[str, str], bool] = {}
+    for case, problem in results:
+        key = (case.function, case.column)
+        cells[key] = cells.get(key, True) and problem is None
+    functions = list(dict.fromkeys(case.function for case, _ in results))
+    width = max(len(name) for name in functions)
+    lines = [f"{'':<{width}}  " + " ".join(f"{c:>{max(len(c), 4)}}" for c in COLUMNS)]
+    for name in functions:
+        marks = []
+        for column in COLUMNS:
+            passed = cells.get((name, column))
+            mark = "" if passed is None else "PASS" if passed else "FAIL"
+            marks.append(f"{mark:>{max(len(column), 4)}}")
+        lines.append((f"{name:<{width}}  " + " ".join(marks)).rstrip())
+    return "\n".join(lines)
+
 
 def _experimental() -> Any:
     try:
@@ -115,14 +160,10 @@ def cases() -> Iterator[Case]:
             continue
         yield Case(name, ours, reference, shapes, "float32", "jvp")
         if experimental is not None:
-            yield Case(
-                f"experimental.{name}",
-                functools.partial(call, experimental),
-                reference,
-                shapes,
-                "float32",
-                "jvp",
-            )
+            ours_exp = functools.partial(call, experimental)
+            yield Case(f"experimental.{name}", ours_exp, reference, shapes, "float32", "jvp")
+        ours_custom = functools.partial(call, jaxmm.custom_vjp)
+        yield Case(f"custom_vjp.{name}", ours_custom, reference, shapes, "float32", "vjp")
         residual_dtypes = ("bfloat16", "float16", "float8_e4m3fn", "float8_e5m2")
         for narrow in residual_dtypes if name == "matmul" else ("bfloat16",):
             narrowed = functools.partial(call, jaxmm, residual_dtype=jnp.dtype(narrow))

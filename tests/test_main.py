@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -88,7 +89,25 @@ def test_self_check_fails_on_a_wrong_matmul(monkeypatch, capsys):
         _selfcheck, "cases", lambda: [dataclasses.replace(c, ours=wrong) for c in _few_cases()]
     )
     assert cli.main(["--no-benchmark"]) == 1
-    assert "FAIL" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    # The table marks the cell, and a line names the case (function, shapes, dtype,
+    # transformation) and what differs, with the tolerance it was held to.
+    assert "FAIL" in printed
+    failure = next(line for line in printed.splitlines() if line.startswith("FAIL "))
+    assert "matmul (2,3,4) (4,5) float32" in failure and "rtol" in failure
+
+
+def test_self_check_prints_a_compact_table(monkeypatch, capsys):
+    # On success: a title, one row per function with a mark per check, a count; about 20 lines.
+    # (Here the first case of each function: the whole self-check runs in the full tier.)
+    first = {c.function: c for c in reversed(list(ALL_CASES()))}
+    monkeypatch.setattr(_selfcheck, "cases", lambda: list(first.values()))
+    with jax.numpy_rank_promotion("allow"):  # as outside the tests: jnp.vecdot broadcasts
+        assert cli.main(["--no-benchmark"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) <= 40 and printed[-1].endswith(" passed, 0 failed")
+    rows = [line for line in printed if line.startswith(("matmul ", "linear_cross_entropy "))]
+    assert len(rows) == 2 and all("PASS" in row and "FAIL" not in row for row in rows)
 
 
 def test_self_check_covers_every_public_function():
@@ -98,7 +117,7 @@ def test_self_check_covers_every_public_function():
     cases = list(_selfcheck.cases())
     assert len({c.label for c in cases}) == len(cases)
     done = {(c.name, c.dtype, c.transform) for c in cases}
-    for name in set(jaxmm.__all__) - {"testing"}:
+    for name in set(jaxmm.__all__) - {"testing", "custom_vjp"}:
         for transform in ("vjp", "vmap", "grad"):
             assert (name, "float32", transform) in done, (name, transform)
         assert (name, "float64", "vjp") in done
@@ -110,6 +129,8 @@ def test_self_check_covers_every_public_function():
 
         for name in experimental.__all__:
             assert (f"experimental.{name}", "float32", "jvp") in done
+    for name in set(jaxmm.custom_vjp.__all__) - {"dot_general_fwd", "dot_general_bwd"}:
+        assert (f"custom_vjp.{name}", "float32", "vjp") in done
     for narrow in ("float16", "float8_e4m3fn", "float8_e5m2"):
         assert ("matmul", "float32", f"residual {narrow}") in done
 
