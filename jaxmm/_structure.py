@@ -3,11 +3,15 @@ many XLA FLOPs, which collectives (part of :mod:`jaxmm.testing`)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+from jax.ad_checkpoint import print_saved_residuals
 
 from ._testing import checks_rng, cotangent_like, outputs_and_cotangents
 
@@ -76,3 +80,28 @@ def check_structure(
             "compiled VJP program differs from the reference's: " + "; ".join(differences)
         )
     return ours
+
+
+def saved_residuals(fn: Callable[..., Any], *args: Any) -> list[tuple[str, str]]:
+    """What ``fn``'s backward pass keeps, as JAX's public
+    ``jax.ad_checkpoint.print_saved_residuals`` reports it: one ``(type, origin)`` per saved
+    array, e.g. ``("f32[4,8,8]", "from the argument ws")``."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_saved_residuals(fn, *args)
+    rows = []
+    for line in out.getvalue().splitlines():
+        if line.strip():
+            kind, _, origin = line.strip().partition(" ")
+            rows.append((kind, origin))
+    return rows
+
+
+def type_bytes(kind: str) -> int:
+    """The bytes of an array of a short type such as ``"f32[4,8]"`` or ``"f8_e4m3fn[3]"``."""
+    match = re.fullmatch(r"([a-z]+)(\d*)\w*\[([\d,]*)\]", kind)
+    if match is None:
+        raise ValueError(f"not an array type: {kind!r}")
+    name, bits, dims = match.groups()
+    itemsize = 1 if name == "bool" else int(bits) // 8
+    return itemsize * math.prod(int(d) for d in dims.split(",") if d)

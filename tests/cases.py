@@ -10,8 +10,11 @@ import jaxmm
 
 try:
     from jaxmm import experimental
-except ImportError:  # JAX without hijax primitives: tests/test_experimental_import.py
+except ImportError as error:  # JAX without hijax primitives: tests/test_experimental_import.py
     experimental = None
+    EXPERIMENTAL_MISSING = str(error)
+else:
+    EXPERIMENTAL_MISSING = ""
 
 FLOAT_DTYPES = [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64]
 COMPLEX_DTYPES = [jnp.complex64, jnp.complex128]

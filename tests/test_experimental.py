@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cases import EXPERIMENTAL_MISSING, experimental
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 from reference import (
@@ -23,12 +24,10 @@ from reference import (
 import jaxmm
 from jaxmm.testing import check_jvp
 
-try:
-    from jaxmm import experimental
-    from jaxmm._primitive import DotGeneral
-except ImportError as error:  # JAX without hijax primitives: tests/test_experimental_import.py
-    pytest.skip(str(error), allow_module_level=True)
+if experimental is None:  # JAX without hijax primitives: tests/test_experimental_import.py
+    pytest.skip(EXPERIMENTAL_MISSING, allow_module_level=True)
 
+from jaxmm._primitive import DotGeneral  # noqa: E402
 
 # The case tables (shapes, dtypes, mixed and preferred dtypes, errors) run for both mechanisms in
 # tests/test_matmul.py, test_dot_general.py, test_einsum.py and test_products.py, in reverse and

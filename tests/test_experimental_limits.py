@@ -4,11 +4,10 @@ jaxmm's, and how jaxmm.experimental still gets the result. If JAX changes, these
 import jax
 import jax.numpy as jnp
 import pytest
+from cases import EXPERIMENTAL_MISSING, experimental
 
-from jaxmm._compat import HIJAX_BASE
-
-if HIJAX_BASE is None:  # JAX without hijax primitives: tests/test_experimental_import.py
-    pytest.skip("JAX without hijax primitives", allow_module_level=True)
+if experimental is None:  # JAX without hijax primitives: tests/test_experimental_import.py
+    pytest.skip(EXPERIMENTAL_MISSING, allow_module_level=True)
 
 from jaxmm._compat import HiPrimitiveBase  # noqa: E402  (JAX's class, one remat signature)
 

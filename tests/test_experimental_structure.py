@@ -7,14 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cases import EXPERIMENTAL_MISSING, experimental
 from reference import assert_close
 
 from jaxmm import _benchmark
 
-try:
-    from jaxmm import experimental
-except ImportError as error:  # JAX without hijax primitives: tests/test_experimental_import.py
-    pytest.skip(str(error), allow_module_level=True)
+if experimental is None:  # JAX without hijax primitives: tests/test_experimental_import.py
+    pytest.skip(EXPERIMENTAL_MISSING, allow_module_level=True)
 
 BENCHMARK_CASES = _benchmark.shapes(_benchmark.SQUARE_SIZES)
 

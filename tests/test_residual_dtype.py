@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from cases import experimental
 from flax import nnx
 from jax import lax
 from reference import random_array, saved_arrays
@@ -345,21 +346,21 @@ PRODUCTS_OF_TWO = [
     ("matvec", jaxmm.matvec, (4, 5), (5,)),
     ("vecmat", jaxmm.vecmat, (5,), (5, 3)),
 ]
-if hasattr(jaxmm, "experimental") or True:
-    try:
-        from jaxmm import experimental
-    except ImportError:
-        experimental = None
-    if experimental is not None:
-        PRODUCTS_OF_TWO += [
-            ("experimental.matmul", experimental.matmul, (4, 5), (5, 3)),
-            (
-                "experimental.einsum",
-                lambda a, b, **kw: experimental.einsum("ij,jk->ik", a, b, **kw),
-                (4, 5),
-                (5, 3),
-            ),
-        ]
+# The same rule in the other mechanisms that save narrowed operands.
+PRODUCTS_OF_TWO += [
+    ("custom_vjp.matmul", jaxmm.custom_vjp.matmul, (4, 5), (5, 3)),
+    ("custom_vjp.vecmat", jaxmm.custom_vjp.vecmat, (5,), (5, 3)),
+]
+if experimental is not None:
+    PRODUCTS_OF_TWO += [
+        ("experimental.matmul", experimental.matmul, (4, 5), (5, 3)),
+        (
+            "experimental.einsum",
+            lambda a, b, **kw: experimental.einsum("ij,jk->ik", a, b, **kw),
+            (4, 5),
+            (5, 3),
+        ),
+    ]
 
 
 @pytest.mark.parametrize(

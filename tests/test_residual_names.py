@@ -12,6 +12,7 @@ from jax.ad_checkpoint import print_saved_residuals
 from reference import sub_jaxprs
 
 import jaxmm
+from jaxmm._structure import saved_residuals
 
 NAMES = ("jaxmm_lhs", "jaxmm_rhs")
 SAVE_NAMED = jax.checkpoint_policies.save_only_these_names(*NAMES)
@@ -71,13 +72,9 @@ def _saved_under(policy, loss, params):
     """The types of what ``jax.checkpoint(loss, policy=policy)`` saves (constants and the
     arguments themselves left out): a name is what a policy selects by, whatever the JAX release
     prints for it."""
-    from jax._src.ad_checkpoint import saved_residuals
-
     saved = saved_residuals(jax.checkpoint(loss, policy=policy), params)
     return sorted(
-        aval.str_short(short_dtypes=True)
-        for aval, origin in saved
-        if "constant" not in origin and "from the argument" not in origin
+        kind for kind, origin in saved if "constant" not in origin and "argument" not in origin
     )
 
 
