@@ -10,10 +10,10 @@ mapped axes into the product before any rule runs; ``lax.dot_general`` is such a
 is this one, with these rules:
 
 - **JVP** (forward mode, and the first half of reverse mode): ``dY = dL·R + L·dR``, each term this
-  primitive again (derived in :mod:`jaxmm._primitive`). An operand with a symbolic-zero tangent
+  primitive again (derived in :mod:`jaxmm._rules`). An operand with a symbolic-zero tangent
   (frozen weights, inputs) drops its term: no product is computed for it.
 - **Transpose** (the second half of reverse mode): ``jax.grad`` linearizes with the JVP rule and
-  transposes each tangent product with the backward rule of :mod:`jaxmm._dot_general`,
+  transposes each tangent product with the backward rule of :mod:`jaxmm._rules`,
   ``dL[b, i, c] = Σ_j dY[b, i, j] R[b, c, j]`` and ``dR[b, c, j] = Σ_i dY[b, i, j] L[b, i, c]``.
   What the backward pass keeps is what those products read: the other operand itself, which JAX
   reads "from the argument" where it is one (a weight, a ``lax.scan``'s sliced weights), exactly as
@@ -32,7 +32,7 @@ is this one, with these rules:
 The primal output of the JVP rule is ``lax.dot_general`` itself, so that a ``jax.checkpoint``
 policy sees the product as the ``dot_general`` it is (``dots_saveable`` saves it exactly where it
 saves ``jnp``'s). Operands saved narrowed (``residual_dtype``) need a rule that chooses its own
-residuals: that is the ``jax.custom_vjp`` of :mod:`jaxmm._dot_general`.
+residuals: that is the ``jax.custom_vjp`` of :mod:`jaxmm._custom_vjp`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from . import _rules
+from . import _mechanisms, _rules
 from ._options import Options
 from ._typing import Dimensions
 
@@ -70,7 +70,7 @@ def _lax_dot_general(
 
 
 def _abstract_eval(lhs: Any, rhs: Any, *, dimensions: Dimensions, options: Options) -> Any:
-    return _rules.result_type(lhs, rhs, dimensions, options)
+    return _mechanisms.result_type(lhs, rhs, dimensions, options)
 
 
 dot_general_p.def_impl(_lax_dot_general)
@@ -94,7 +94,7 @@ def _transpose(
     if type(cotangent) is ad.Zero:
         ct: Any = ad.Zero((lhs if linear[0] else rhs).aval.to_tangent_aval())
     else:
-        ct = _rules.transpose(cotangent, lhs, rhs, linear, types, dimensions, options)
+        ct = _mechanisms.transpose(cotangent, lhs, rhs, linear, types, dimensions, options)
     return [ct, None] if linear[0] else [None, ct]
 
 
@@ -106,7 +106,7 @@ def _batch(
     axis_data: Any, args: Sequence[jax.Array], dims: Sequence[int | None], **params: Any
 ) -> tuple[jax.Array, int | None]:
     lhs, rhs = args
-    return _rules.batch(
+    return _mechanisms.batch(
         bilinear_dot_general, lhs, rhs, (dims[0], dims[1]), axis_data=axis_data, **params
     )
 

@@ -1,7 +1,7 @@
 """Differences between the JAX releases jaxmm supports, in one place.
 
 Each entry names the JAX releases it answers and when it can be deleted. The rules themselves
-(``_dot_general.py``, ``_primitive.py``) are written once, against the newest JAX, and read as
+(``_rules.py``, ``_mechanisms.py``) are written once, against the newest JAX, and read as
 their derivation; what an older JAX needs instead is adapted here.
 """
 
@@ -13,8 +13,6 @@ from functools import partial
 from typing import Any
 
 import jax
-
-from ._residuals import is_scaled
 
 
 # --- shard_map's varying axes (the default functions) -------------------------------------------
@@ -70,11 +68,11 @@ def unwanted_cotangent_as_zeros(cotangent: jax.Array | None, operand_type: Any) 
 # empty arrays in the tree structure ``save_operand`` gives it, the first of rank one more than
 # the operand's (which tells it apart). Delete (and save ``None``) when JAX keys the residual tree
 # by perturbation pattern.
-def not_saved_marker(operand: jax.Array, residual: Any, side: str) -> Any:
-    """Empty arrays in the tree structure of ``save_operand(operand, residual, ..., side)``."""
+def not_saved_marker(operand: jax.Array, scaled: bool) -> Any:
+    """Empty arrays in the tree structure of ``save_operand`` for ``operand``: one, or a pair
+    where it would be saved ``scaled`` (narrowed with a scale)."""
     marker = jax.numpy.zeros((0,) * (operand.ndim + 1), bool)
-    narrow = None if residual is None else residual.of(side)
-    return (marker, jax.numpy.zeros((0,), bool)) if is_scaled(operand.dtype, narrow) else marker
+    return (marker, jax.numpy.zeros((0,), bool)) if scaled else marker
 
 
 def is_saved(saved: Any, operand_type: Any) -> bool:

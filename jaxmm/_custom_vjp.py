@@ -20,9 +20,10 @@ import jax
 from jax.custom_derivatives import SymbolicZero
 
 from ._compat import is_saved, not_saved_marker, unwanted_cotangent_as_zeros
+from ._mechanisms import cotangents
 from ._options import Options
-from ._residuals import load_operand, save_operand
-from ._rules import cotangents, forward, has_cotangent
+from ._residuals import is_scaled, load_operand, save_operand
+from ._rules import forward, has_cotangent
 from ._typing import Dimensions
 
 
@@ -46,7 +47,8 @@ def fwd(
         if partner_wanted:
             saved.append(save_operand(operand, options.residual, dimensions, side))
         else:
-            saved.append(not_saved_marker(operand, options.residual, side))
+            narrow = options.residual and options.residual.of(side)
+            saved.append(not_saved_marker(operand, is_scaled(operand.dtype, narrow)))
     facts = Facts((jax.typeof(lhs), jax.typeof(rhs)), dimensions, options)
     return forward(lhs, rhs, dimensions, options), (saved[0], saved[1], facts)
 

@@ -10,13 +10,51 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 
+from . import _dot_general, _einsum, _matmul, _products, _vectorized
 from ._options import Product, using
 
 F = TypeVar("F", bound=Callable[..., Any])
+Function = Callable[..., jax.Array]
+
+
+class Family(NamedTuple):
+    """jaxmm's products, in alphabetical order."""
+
+    dot: Function
+    dot_general: Function
+    einsum: Function
+    inner: Function
+    matmul: Function
+    matvec: Function
+    outer: Function
+    tensordot: Function
+    vdot: Function
+    vecdot: Function
+    vecmat: Function
+
+
+PUBLIC = Family(
+    _products.dot,
+    _dot_general.dot_general,
+    _einsum.einsum,
+    _products.inner,
+    _matmul.matmul,
+    _vectorized.matvec,
+    _products.outer,
+    _products.tensordot,
+    _products.vdot,
+    _vectorized.vecdot,
+    _vectorized.vecmat,
+)
+
+
+def family(mechanism: Product, namespace: str) -> Family:
+    """Every product of :data:`PUBLIC` with its products computed by ``mechanism``."""
+    return Family(*(with_mechanism(public, mechanism, namespace) for public in PUBLIC))
 
 
 def with_mechanism(public: F, mechanism: Product, namespace: str) -> F:

@@ -1,6 +1,6 @@
 """One JAX primitive for ``dot_general`` that carries every derivative rule written by hand.
 
-``jax.custom_vjp`` (``_dot_general.py``) gives a function one hand-written rule, its VJP, and JAX
+``jax.custom_vjp`` (``_custom_vjp.py``) gives a function one hand-written rule, its VJP, and JAX
 refuses forward mode for it. A JAX primitive (``jax.experimental.hijax.HiPrim``, called
 ``VJPHiPrimitive`` before JAX 0.11.2; ``_compat.py``) carries a rule for each transformation:
 the VJP (``vjp_fwd`` / ``vjp_bwd_retval``), the JVP (``jvp``), the linearization (``lin`` /
@@ -29,7 +29,7 @@ from jax import lax
 from jax.ad_checkpoint import Saveable
 from jax.experimental.hijax import Zero
 
-from . import _rules
+from . import _mechanisms, _rules
 from ._compat import HiPrimitiveBase, RematRule, pin_saved_precision
 from ._options import Options
 from ._residuals import load_operand, save_operand
@@ -56,7 +56,7 @@ class DotGeneral(HiPrimitiveBase):
 
     def __init__(self, lhs_type: Any, rhs_type: Any, dimensions: Dimensions, options: Options):
         self.in_avals = (lhs_type, rhs_type)
-        self.out_aval = _rules.result_type(lhs_type, rhs_type, dimensions, options)
+        self.out_aval = _mechanisms.result_type(lhs_type, rhs_type, dimensions, options)
         self.params = dict(
             lhs_type=lhs_type, rhs_type=rhs_type, dimensions=dimensions, options=options
         )
@@ -110,7 +110,7 @@ class DotGeneral(HiPrimitiveBase):
             return None, None
         lhs, rhs = self._load(residuals[0], "lhs"), self._load(residuals[1], "rhs")
         types = (self.lhs_type, self.rhs_type)
-        return _rules.cotangents(cotangent, lhs, rhs, types, self.dimensions, self.options)
+        return _mechanisms.cotangents(cotangent, lhs, rhs, types, self.dimensions, self.options)
 
     def lin(
         self, nzs_in: tuple[bool, bool], lhs: jax.Array, rhs: jax.Array
@@ -158,14 +158,16 @@ class DotGeneral(HiPrimitiveBase):
         if isinstance(cotangent, Zero):
             return
         types = (self.lhs_type, self.rhs_type)
-        ct = _rules.transpose(cotangent, lhs, rhs, linear, types, self.dimensions, self.options)
+        ct = _mechanisms.transpose(
+            cotangent, lhs, rhs, linear, types, self.dimensions, self.options
+        )
         (lhs if linear[0] else rhs).accum(ct)
 
     def batch(
         self, axis_data: Any, args: tuple[jax.Array, jax.Array], dims: tuple[int | None, int | None]
     ) -> tuple[jax.Array, int | None]:
         lhs, rhs = args
-        return _rules.batch(
+        return _mechanisms.batch(
             primitive_product, lhs, rhs, dims, self.dimensions, self.options, axis_data
         )
 

@@ -62,7 +62,7 @@ exact one does not, as it would from any rounding of the operands.
 Which axes a per-channel scale may run along
 --------------------------------------------
 ``residual_scaling="channel"`` gives each index of the saved operand's *kept* axes its own scale.
-For the saved rhs, the lhs cotangent is (see :mod:`jaxmm._dot_general`)
+For the saved rhs, the lhs cotangent is (see :mod:`jaxmm._rules`)
 
     dL[b, i, c] = Σ_j dY[b, i, j] R[b, c, j].
 
@@ -93,7 +93,6 @@ import numpy as np
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
-from ._rules import kept_axes
 from ._typing import Dimensions
 
 SCALINGS = ("tensor", "channel")
@@ -247,7 +246,7 @@ def save_operand(
         saved = lax.convert_element_type(operand, narrow)
     else:
         if residual.scaling == "channel":
-            kept = kept_axes(dimension_numbers, side)
+            kept = _kept_axes(dimension_numbers, side)
             reduced = tuple(a for a in range(operand.ndim) if a not in kept)
         else:
             reduced = tuple(range(operand.ndim))
@@ -275,3 +274,11 @@ def load_operand(saved: Any, operand_type: Any) -> jax.Array:
         operand = jnp.where(jnp.abs(widened) == top, jnp.copysign(jnp.inf, widened), operand)
     result: jax.Array = operand
     return result
+
+
+def _kept_axes(dimension_numbers: Dimensions, side: str) -> tuple[int, ...]:
+    """The ``"lhs"`` or ``"rhs"`` operand's batch and contracting axes: the axes of a saved operand
+    that its partner's cotangent keeps apart (``b`` and ``c`` of ``R[b, c, j]`` in ``dL``), along
+    which a per-channel residual scale may vary (module docstring)."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    return (*lhs_batch, *lhs_contract) if side == "lhs" else (*rhs_batch, *rhs_contract)

@@ -1,5 +1,5 @@
 """The rules of ``dot_general``, for any dimension numbers, that every mechanism of jaxmm shares
-(the primitive of :mod:`jaxmm._bilinear`, the ``custom_vjp`` of :mod:`jaxmm._dot_general`, the
+(the primitive of :mod:`jaxmm._bilinear`, the ``custom_vjp`` of :mod:`jaxmm._custom_vjp`, the
 hijax primitive of :mod:`jaxmm._primitive`): the backward rules and the forward rule (derived
 below), what each needs saved, and the batching rule (a ``vmap``-ped axis of one operand is one
 more free axis of it, of both one more batch pair; derived in :mod:`jaxmm._bilinear`).
@@ -79,7 +79,6 @@ rule is obtained from JAX's autodiff.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -89,8 +88,8 @@ from jax import lax
 
 from ._typing import Dimensions
 
-if TYPE_CHECKING:  # _options imports _residuals, which imports kept_axes from here
-    from ._options import Options, Product
+if TYPE_CHECKING:  # _options imports _residuals, which computes with the rules' axes
+    from ._options import Options
 
 
 def lhs_cotangent(
@@ -145,104 +144,10 @@ def rhs_cotangent(
     return lhs_cotangent(cotangent, rhs_type, lhs, swapped, options, rhs_free_first=True)
 
 
-# --- What every mechanism registers: the rules above, in the forms JAX asks for them ------------
-
-
 def forward(lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options) -> jax.Array:
     """``Y[b, i, j] = Σ_c L[b, i, c] R[b, c, j]``: ``lax.dot_general`` with the options, what every
     mechanism computes and lowers to."""
     return lax.dot_general(lhs, rhs, dimensions, **options.lax_params())
-
-
-def cotangents(
-    cotangent: jax.Array,
-    lhs: jax.Array | None,
-    rhs: jax.Array | None,
-    types: tuple[Any, Any],
-    dimensions: Dimensions,
-    options: Options,
-) -> tuple[jax.Array | None, jax.Array | None]:
-    """``(L̄, R̄)``, each computed where its partner is given (``L̄`` reads ``R``, ``R̄`` reads
-    ``L``) and ``None`` where it is not: an operand nobody differentiates costs no product."""
-    lhs_type, rhs_type = types
-    lhs_ct = rhs_ct = None
-    if rhs is not None:
-        lhs_ct = lhs_cotangent(cotangent, lhs_type, rhs, dimensions, options)
-    if lhs is not None:
-        rhs_ct = rhs_cotangent(cotangent, lhs, rhs_type, dimensions, options)
-    return lhs_ct, rhs_ct
-
-
-def transpose(
-    cotangent: jax.Array,
-    lhs: Any,
-    rhs: Any,
-    linear: tuple[bool, bool],
-    types: tuple[Any, Any],
-    dimensions: Dimensions,
-    options: Options,
-) -> jax.Array:
-    """The transpose of a tangent product (``dL·R`` is linear in ``L``, ``L·dR`` in ``R``): the
-    backward rule for the one linear operand (module docstring), reading the other one."""
-    lhs_linear, rhs_linear = linear
-    if lhs_linear == rhs_linear:
-        raise NotImplementedError(
-            "jaxmm's product is linear in one operand at a time; transposing it with respect to "
-            f"{'both' if lhs_linear else 'neither'} operands is not defined."
-        )
-    lhs_ct, rhs_ct = cotangents(
-        cotangent,
-        None if lhs_linear else lhs,
-        None if rhs_linear else rhs,
-        types,
-        dimensions,
-        options,
-    )
-    result = lhs_ct if lhs_linear else rhs_ct
-    assert result is not None
-    return result
-
-
-def batch(
-    product: Product,
-    lhs: jax.Array,
-    rhs: jax.Array,
-    mapped: tuple[int | None, int | None],
-    dimensions: Dimensions,
-    options: Options,
-    axis_data: Any,
-) -> tuple[jax.Array, int | None]:
-    """The batching rule: ``vmap`` of ``product`` is ``product`` with new dimension numbers (a
-    mapped axis of one operand is one more free axis of it, of both one more batch pair) and the
-    result sharding with the mapped axis inserted. Returns the result and its mapped axis."""
-    lhs_dim, rhs_dim = mapped  # None: not mapped
-    if lhs_dim is None and rhs_dim is None:  # vmap of jvp asks this for unmapped values
-        return product(lhs, rhs, dimensions, options), None
-    dimensions, out_dim = batched_dimension_numbers(
-        dimensions, lhs.ndim, rhs.ndim, lhs_dim, rhs_dim
-    )
-    sharding = batched_sharding(options.out_sharding, out_dim, axis_data)
-    return product(lhs, rhs, dimensions, options.replace(out_sharding=sharding)), out_dim
-
-
-@functools.lru_cache(maxsize=4096)
-def result_type(lhs_type: Any, rhs_type: Any, dimensions: Dimensions, options: Options) -> Any:
-    """The type of ``lax.dot_general``'s own result (shape, dtype, weak type, sharding and the
-    ``shard_map`` varying axes of the operands): a mechanism's product is typed as the product it
-    stands for."""
-    return jax.typeof(
-        jax.eval_shape(
-            functools.partial(forward, dimensions=dimensions, options=options), lhs_type, rhs_type
-        )
-    )
-
-
-def kept_axes(dimension_numbers: Dimensions, side: str) -> tuple[int, ...]:
-    """The ``"lhs"`` or ``"rhs"`` operand's batch and contracting axes: the axes of a saved operand
-    that its partner's cotangent keeps apart (``b`` and ``c`` of ``R[b, c, j]`` in ``dL``), along
-    which a per-channel residual scale may vary (:mod:`jaxmm._residuals`)."""
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-    return (*lhs_batch, *lhs_contract) if side == "lhs" else (*rhs_batch, *rhs_contract)
 
 
 def has_cotangent(operand_type: Any) -> bool:
@@ -300,55 +205,9 @@ def _cast_like(cotangent: jax.Array, primal_type: Any) -> jax.Array:
     return cotangent
 
 
-def batched_dimension_numbers(
-    dimension_numbers: Dimensions,
-    lhs_ndim: int,
-    rhs_ndim: int,
-    lhs_dim: int | None,
-    rhs_dim: int | None,
-) -> tuple[Dimensions, int]:
-    """The dimension numbers of the product with a mapped axis at ``lhs_dim`` / ``rhs_dim``
-    (``None``: not mapped) of operands of rank ``lhs_ndim`` / ``rhs_ndim`` (mapped axes
-    included), and the mapped axis' position in the result (module docstring: a mapped axis of
-    one operand is a free axis of it, of both a new batch pair)."""
-    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-    lhs_contract, lhs_batch = _shift(lhs_contract, lhs_dim), _shift(lhs_batch, lhs_dim)
-    rhs_contract, rhs_batch = _shift(rhs_contract, rhs_dim), _shift(rhs_batch, rhs_dim)
-    lhs_free = free_axes(lhs_ndim, lhs_contract, lhs_batch)
-    if lhs_dim is not None and rhs_dim is not None:
-        # One more batch pair, the last: the product emits it after the others.
-        out_dim = len(lhs_batch)
-        lhs_batch, rhs_batch = (*lhs_batch, lhs_dim), (*rhs_batch, rhs_dim)
-    elif lhs_dim is not None:  # a free axis of L, among L's free axes in increasing order
-        out_dim = len(lhs_batch) + lhs_free.index(lhs_dim)
-    else:
-        assert rhs_dim is not None
-        rhs_free = free_axes(rhs_ndim, rhs_contract, rhs_batch)
-        out_dim = len(lhs_batch) + len(lhs_free) + rhs_free.index(rhs_dim)
-    return ((lhs_contract, rhs_contract), (lhs_batch, rhs_batch)), out_dim
-
-
-def batched_sharding(sharding: Any, out_dim: int, axis_data: Any) -> Any:
-    """The result sharding with the mapped axis inserted at ``out_dim`` (sharded along the
-    vmap's mesh axis, ``spmd_axis_name``, if it has one)."""
-    if sharding is None:
-        return None
-    spec = full_spec(sharding, out_dim)
-    mesh_axis = getattr(axis_data, "explicit_mesh_axis", None)
-    spec = (*spec[:out_dim], mesh_axis, *spec[out_dim:])
-    return sharding.update(spec=jax.sharding.PartitionSpec(*spec))
-
-
 def full_spec(sharding: Any, ndim: int) -> tuple[Any, ...]:
     """The mesh axes of the first ``ndim`` array axes (or more, where it names more) of a
     ``NamedSharding`` or a ``PartitionSpec``: padded with ``None``, as a spec may leave trailing
     axes out."""
     spec = tuple(sharding if isinstance(sharding, jax.sharding.PartitionSpec) else sharding.spec)
     return spec + (None,) * (ndim - len(spec))
-
-
-def _shift(axes: Sequence[int], inserted: int | None) -> tuple[int, ...]:
-    """Axis indices after inserting an axis at ``inserted``."""
-    if inserted is None:
-        return tuple(axes)
-    return tuple(axis + (axis >= inserted) for axis in axes)

@@ -29,8 +29,8 @@ from typing import Any
 
 import jax
 
-from . import _custom_vjp, _dot_general, _einsum, _matmul, _products, _vectorized
-from ._namespace import F, with_mechanism
+from . import _custom_vjp, _dot_general
+from ._namespace import Family, family
 from ._options import Options
 from ._typing import (
     ArrayLike,
@@ -41,38 +41,12 @@ from ._typing import (
     ResidualDTypeLike,
 )
 
-__all__ = [
-    "dot",
-    "dot_general",
-    "dot_general_bwd",
-    "dot_general_fwd",
-    "einsum",
-    "inner",
-    "matmul",
-    "matvec",
-    "outer",
-    "tensordot",
-    "vdot",
-    "vecdot",
-    "vecmat",
-]
+__all__ = [*Family._fields, "dot_general_bwd", "dot_general_fwd"]
 
 
-def _custom(public: F) -> F:
-    return with_mechanism(public, _custom_vjp.dot_general, __name__)
-
-
-dot = _custom(_products.dot)
-dot_general = _custom(_dot_general.dot_general)
-einsum = _custom(_einsum.einsum)
-inner = _custom(_products.inner)
-matmul = _custom(_matmul.matmul)
-matvec = _custom(_vectorized.matvec)
-outer = _custom(_products.outer)
-tensordot = _custom(_products.tensordot)
-vdot = _custom(_products.vdot)
-vecdot = _custom(_vectorized.vecdot)
-vecmat = _custom(_vectorized.vecmat)
+dot, dot_general, einsum, inner, matmul, matvec, outer, tensordot, vdot, vecdot, vecmat = family(
+    _custom_vjp.dot_general, __name__
+)
 
 
 def dot_general_fwd(

@@ -35,37 +35,12 @@ from ._compat import HIJAX_BASE, HIJAX_MISSING
 if HIJAX_BASE is None:  # pragma: no cover - depends on the installed JAX
     raise ImportError(HIJAX_MISSING.format(version=jax.__version__))
 
-from . import _dot_general, _einsum, _matmul, _products, _vectorized
-from ._namespace import F, with_mechanism
+from ._namespace import Family, family
 from ._primitive import primitive_product
 
-__all__ = [
-    "dot",
-    "dot_general",
-    "einsum",
-    "inner",
-    "matmul",
-    "matvec",
-    "outer",
-    "tensordot",
-    "vdot",
-    "vecdot",
-    "vecmat",
-]
+__all__ = [*Family._fields]
 
 
-def _hijax(public: F) -> F:
-    return with_mechanism(public, primitive_product, __name__)
-
-
-dot = _hijax(_products.dot)
-dot_general = _hijax(_dot_general.dot_general)
-einsum = _hijax(_einsum.einsum)
-inner = _hijax(_products.inner)
-matmul = _hijax(_matmul.matmul)
-matvec = _hijax(_vectorized.matvec)
-outer = _hijax(_products.outer)
-tensordot = _hijax(_products.tensordot)
-vdot = _hijax(_products.vdot)
-vecdot = _hijax(_vectorized.vecdot)
-vecmat = _hijax(_vectorized.vecmat)
+dot, dot_general, einsum, inner, matmul, matvec, outer, tensordot, vdot, vecdot, vecmat = family(
+    primitive_product, __name__
+)
