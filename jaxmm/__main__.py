@@ -104,13 +104,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _timed_section(report: Any, quick: bool) -> tuple[Any, Any]:
-    """Run one benchmark section's ``report``, print its table and how long it took, and return
-    its two lists of rows (for the JSON)."""
+def _timed_section(report: Any, quick: bool) -> tuple[Any, ...]:
+    """Run one benchmark section's ``report``, print its table (its last result) and how long it
+    took, and return its lists of rows (for the JSON)."""
     start = time.perf_counter()
-    first, second, table = report(quick=quick)
+    *rows, table = report(quick=quick)
     print(f"\n{table} ({time.perf_counter() - start:.0f} s)")
-    return first, second
+    return tuple(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,14 +207,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cross_entropy: dict[str, Any] = {}
     models: dict[str, Any] = {}
     if not args.no_benchmark:
-        from . import _cross_entropy_benchmark, _models_benchmark
+        from . import _cross_entropy_benchmark, _mechanisms_benchmark, _models_benchmark
 
         memory, timing = _timed_section(_cross_entropy_benchmark.report, args.quick)
         cross_entropy = {"memory": [r.as_dict() for r in memory], "time": timing.as_dict()}
         memory_rows, step_rows = _timed_section(_models_benchmark.report, args.quick)
+        (mechanism_rows,) = _timed_section(_mechanisms_benchmark.report, args.quick)
         models = {
             "memory": [r.as_dict() for r in memory_rows],
             "steps": [r.as_dict() for r in step_rows],
+            "mechanisms": [r.as_dict() for r in mechanism_rows],
         }
 
     if args.json:

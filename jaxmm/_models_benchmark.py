@@ -278,56 +278,6 @@ def per_token_block_loss(products: tuple[Product, Product]) -> Callable[..., jax
     return per_token_block(*products)
 
 
-@dataclasses.dataclass
-class MechanismRow:
-    mechanism: str
-    ms: float
-    ratio: float  # to jnp's
-    temp_bytes: int
-    dots: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def mechanisms(quick: bool = False) -> list[MechanismRow]:
-    """The nested-vmap block's training step with each mechanism's products, and with ``jnp``'s:
-    under ``vmap`` a ``jax.custom_vjp`` runs its backward rule per mapped example before JAX sums,
-    the primitives fold the mapped axes into the product."""
-    import jaxmm
-
-    modules: dict[str, Any] = {"jnp": jnp, "jaxmm": jaxmm, "jaxmm.custom_vjp": jaxmm.custom_vjp}
-    try:
-        from jaxmm import experimental
-    except ImportError:  # the installed JAX has no hijax primitives
-        pass
-    else:
-        modules["jaxmm.experimental"] = experimental
-    batch, sequence, width = PER_TOKEN_SIZES[quick]
-    keys = jax.random.split(jax.random.key(1), 5)
-    shapes = [(width, 3 * width), (width, width), (width, 4 * width), (4 * width, width)]
-    weights = tuple(jax.random.normal(k, s) / s[0] ** 0.5 for k, s in zip(keys, shapes))
-    tokens = jax.random.normal(keys[4], (batch, sequence, width))
-    steps = {
-        name: jax.jit(jax.grad(per_token_block(module.matmul, module.einsum)))
-        for name, module in modules.items()
-    }
-    compiled = {name: step.lower(weights, tokens).compile() for name, step in steps.items()}
-    times = _interleaved_ms(
-        [partial(step, weights, tokens) for step in steps.values()], 5 if quick else 7
-    )
-    return [
-        MechanismRow(
-            name,
-            ms,
-            ms / times[0],
-            _temp_bytes(compiled[name]),
-            str(compiled[name].as_text()).count(" dot("),
-        )
-        for name, ms in zip(steps, times)
-    ]
-
-
 def report(quick: bool = False) -> tuple[list[MemoryRow], list[StepRow], str]:
     memory_rows, step_rows = memory(quick), steps(quick)
     mib = 2.0**20

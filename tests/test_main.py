@@ -74,6 +74,9 @@ def test_main_job_runs_and_writes_json(tmp_path, monkeypatch, capsys):
         "nested-vmap block",
     ]
     assert all(s["jaxmm_dots"] == s["jnp_dots"] for s in models["steps"])
+    mechanisms = {row["mechanism"]: row for row in models["mechanisms"]}
+    assert {"jnp", "jaxmm", "jaxmm.custom_vjp"} <= set(mechanisms)
+    assert mechanisms["jaxmm"]["dots"] == mechanisms["jnp"]["dots"]
     timing = results["linear_cross_entropy"]["time"]
     assert timing["ms"]["jaxmm"] > 0 and timing["ratio"]["naive"] == 1.0
     for o in results["overheads"]:
