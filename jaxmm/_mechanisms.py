@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 
-from ._options import Options, Product
+from ._options import Mechanism, Options
 from ._rules import forward, free_axes, full_spec, lhs_cotangent, rhs_cotangent
 from ._typing import Dimensions
 
@@ -74,7 +74,7 @@ def transpose(
 
 
 def batch(
-    product: Product,
+    mechanism: Mechanism,
     lhs: jax.Array,
     rhs: jax.Array,
     mapped: tuple[int | None, int | None],
@@ -82,17 +82,18 @@ def batch(
     options: Options,
     axis_data: Any,
 ) -> tuple[jax.Array, int | None]:
-    """The batching rule: ``vmap`` of ``product`` is ``product`` with new dimension numbers (a
-    mapped axis of one operand is one more free axis of it, of both one more batch pair) and the
-    result sharding with the mapped axis inserted. Returns the result and its mapped axis."""
+    """The batching rule: ``vmap`` of a product is the same ``mechanism``'s product with new
+    dimension numbers (a mapped axis of one operand is one more free axis of it, of both one more
+    batch pair) and the result sharding with the mapped axis inserted. Returns the result and its
+    mapped axis."""
     lhs_dim, rhs_dim = mapped  # None: not mapped
     if lhs_dim is None and rhs_dim is None:  # vmap of jvp asks this for unmapped values
-        return product(lhs, rhs, dimensions, options), None
+        return mechanism(lhs, rhs, dimensions, options), None
     dimensions, out_dim = batched_dimension_numbers(
         dimensions, lhs.ndim, rhs.ndim, lhs_dim, rhs_dim
     )
     sharding = batched_sharding(options.out_sharding, out_dim, axis_data)
-    return product(lhs, rhs, dimensions, options.replace(out_sharding=sharding)), out_dim
+    return mechanism(lhs, rhs, dimensions, options.replace(out_sharding=sharding)), out_dim
 
 
 @functools.lru_cache(maxsize=4096)

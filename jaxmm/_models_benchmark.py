@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-Product = Callable[..., jax.Array]
+ProductFunction = Callable[..., jax.Array]
 
 # By quick (True) or not: (layers, batch, width, hidden), (layers, batch, sequence, width) and
 # (batch, sequence, width) of the per-token block. Widths are multiples of the 64-wide heads.
@@ -36,7 +36,7 @@ VARIANTS: tuple[tuple[str, Any], ...] = (
 )
 
 
-def products(variant: str, residual_dtype: Any) -> tuple[Product, Product]:
+def products(variant: str, residual_dtype: Any) -> tuple[ProductFunction, ProductFunction]:
     """(matmul, einsum) of a variant."""
     if variant == "jnp":
         return jnp.matmul, jnp.einsum
@@ -48,13 +48,13 @@ def products(variant: str, residual_dtype: Any) -> tuple[Product, Product]:
     )
 
 
-def mlp_layer(matmul: Product, h: jax.Array, w: tuple[jax.Array, jax.Array]) -> jax.Array:
+def mlp_layer(matmul: ProductFunction, h: jax.Array, w: tuple[jax.Array, jax.Array]) -> jax.Array:
     up, down = w
     return h + matmul(jax.nn.gelu(matmul(h, up)), down)
 
 
 def transformer_layer(
-    matmul: Product, einsum: Product, h: jax.Array, w: tuple[jax.Array, ...]
+    matmul: ProductFunction, einsum: ProductFunction, h: jax.Array, w: tuple[jax.Array, ...]
 ) -> jax.Array:
     """Pre-norm block on ``h`` of shape (batch, sequence, width): causal multi-head attention,
     then an MLP; every product through ``matmul`` / ``einsum``."""
@@ -173,7 +173,7 @@ def memory(quick: bool = False) -> list[MemoryRow]:
     return rows
 
 
-def per_token_block(matmul: Product, einsum: Product) -> Callable[..., jax.Array]:
+def per_token_block(matmul: ProductFunction, einsum: ProductFunction) -> Callable[..., jax.Array]:
     """A transformer block written for one sequence position and mapped with nested vmap over
     the sequence and the batch (attention reads the whole sequence's keys and values)."""
 
@@ -274,7 +274,9 @@ def steps(quick: bool = False) -> list[StepRow]:
     return rows
 
 
-def per_token_block_loss(products: tuple[Product, Product]) -> Callable[..., jax.Array]:
+def per_token_block_loss(
+    products: tuple[ProductFunction, ProductFunction],
+) -> Callable[..., jax.Array]:
     return per_token_block(*products)
 
 

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, TypeVar
 import jax
 
 from . import _dot_general, _einsum, _matmul, _products, _vectorized
-from ._options import Product, using
+from ._options import Mechanism, using
 
 F = TypeVar("F", bound=Callable[..., Any])
 Function = Callable[..., jax.Array]
@@ -52,12 +52,12 @@ PUBLIC = Family(
 )
 
 
-def family(mechanism: Product, namespace: str) -> Family:
+def family(mechanism: Mechanism, namespace: str) -> Family:
     """Every product of :data:`PUBLIC` with its products computed by ``mechanism``."""
     return Family(*(with_mechanism(public, mechanism, namespace) for public in PUBLIC))
 
 
-def with_mechanism(public: F, mechanism: Product, namespace: str) -> F:
+def with_mechanism(public: F, mechanism: Mechanism, namespace: str) -> F:
     """``public`` (a function of :mod:`jaxmm`) with every product computed by ``mechanism``, named
     ``namespace.<name>`` (in profiles too), with ``public``'s signature."""
     name = public.__name__

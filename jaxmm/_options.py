@@ -28,17 +28,17 @@ from ._residuals import ResidualFormat, canonicalize_residual
 from ._typing import Dimensions, DTypeLike, OutSharding, PrecisionLike
 
 # A differentiation mechanism: ``lax.dot_general`` of checked, canonical arguments, with
-# hand-derived rules (``jaxmm._dot_general.product``, ``jaxmm._custom_vjp.product``,
-# ``jaxmm._primitive.primitive_product``).
-Product = Callable[[jax.Array, jax.Array, Dimensions, "Options"], jax.Array]
+# hand-derived rules (``jaxmm._dot_general.default_mechanism``, ``jaxmm._custom_vjp.dot_general``,
+# ``jaxmm._primitive.hijax_dot_general``).
+Mechanism = Callable[[jax.Array, jax.Array, Dimensions, "Options"], jax.Array]
 
-_MECHANISM: contextvars.ContextVar[Product | None] = contextvars.ContextVar(
+_MECHANISM: contextvars.ContextVar[Mechanism | None] = contextvars.ContextVar(
     "jaxmm_mechanism", default=None
 )
 
 
 @contextlib.contextmanager
-def using(mechanism: Product) -> Iterator[None]:
+def using(mechanism: Mechanism) -> Iterator[None]:
     """Within this context, :meth:`Options.of` gives ``mechanism`` to every product it sets up."""
     token = _MECHANISM.set(mechanism)
     try:
@@ -57,14 +57,14 @@ class Options:
         without x64, as JAX computes it.
       out_sharding: the result's sharding, as ``lax.dot_general``'s.
       residual: how the operands are saved for the backward pass (``None``: as they are).
-      mechanism: the :data:`Product` that computes each product (``None``: jaxmm's default).
+      mechanism: the :data:`Mechanism` that computes each product (``None``: jaxmm's default).
     """
 
     precision: Any = None
     preferred_element_type: np.dtype[Any] | None = None
     out_sharding: OutSharding = None
     residual: ResidualFormat | None = None
-    mechanism: Product | None = None
+    mechanism: Mechanism | None = None
 
     @classmethod
     def of(

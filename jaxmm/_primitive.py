@@ -36,7 +36,7 @@ from ._residuals import load_operand, save_operand
 from ._typing import Dimensions
 
 
-def primitive_product(
+def hijax_dot_general(
     lhs: jax.Array, rhs: jax.Array, dimensions: Dimensions, options: Options
 ) -> jax.Array:
     """``lax.dot_general`` of checked, canonical arguments as one :class:`DotGeneral` primitive:
@@ -74,7 +74,7 @@ class DotGeneral(HiPrimitiveBase):
 
     def _product(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
         """The same product (this primitive again) of other operands: the tangent products."""
-        return primitive_product(lhs, rhs, self.dimensions, self.options)
+        return hijax_dot_general(lhs, rhs, self.dimensions, self.options)
 
     def _save(self, operand: jax.Array, side: str) -> Any:
         return save_operand(operand, self.options.residual, self.dimensions, side)
@@ -168,7 +168,7 @@ class DotGeneral(HiPrimitiveBase):
     ) -> tuple[jax.Array, int | None]:
         lhs, rhs = args
         return _mechanisms.batch(
-            primitive_product, lhs, rhs, dims, self.dimensions, self.options, axis_data
+            hijax_dot_general, lhs, rhs, dims, self.dimensions, self.options, axis_data
         )
 
     def remat_rule(self, policy: Any, lhs: jax.Array, rhs: jax.Array) -> RematRule:

@@ -36,11 +36,11 @@ if HIJAX_BASE is None:  # pragma: no cover - depends on the installed JAX
     raise ImportError(HIJAX_MISSING.format(version=jax.__version__))
 
 from ._namespace import Family, family
-from ._primitive import primitive_product
+from ._primitive import hijax_dot_general
 
 __all__ = [*Family._fields]
 
 
 dot, dot_general, einsum, inner, matmul, matvec, outer, tensordot, vdot, vecdot, vecmat = family(
-    primitive_product, __name__
+    hijax_dot_general, __name__
 )
