@@ -15,12 +15,18 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# The headers of the standard library's compiled modules, from the machine's own suite.
-echo "python313.sh: installing the build dependencies" >&2
-apt-get -q update >&2
-DEBIAN_FRONTEND=noninteractive apt-get -q install -y --no-install-recommends \
-    build-essential xz-utils libssl-dev zlib1g-dev libffi-dev liblzma-dev libbz2-dev \
-    libsqlite3-dev libreadline-dev >&2
+# The headers of the standard library's compiled modules, from the machine's own suite: only
+# those missing are installed (nothing already installed is upgraded under a running CI).
+missing=()
+for package in build-essential xz-utils libssl-dev zlib1g-dev libffi-dev liblzma-dev libbz2-dev \
+    libsqlite3-dev libreadline-dev; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "python313.sh: installing ${missing[*]}" >&2
+    apt-get -q update >&2
+    DEBIAN_FRONTEND=noninteractive apt-get -q install -y --no-install-recommends "${missing[@]}" >&2
+fi
 
 # The same archive as the machine's own sources (first stanza), as a trixie source entry.
 base=$(ls /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)
