@@ -21,6 +21,7 @@ from reference import (
 
 import jaxmm
 from jaxmm import custom_vjp
+from jaxmm._structure import saved_residuals
 
 PRODUCTS = sorted(set(jaxmm.__all__) - {"testing", "custom_vjp", "linear_cross_entropy"})
 DN = (((1,), (0,)), ((), ()))
@@ -133,3 +134,17 @@ def test_bwd_gives_no_cotangent_for_an_integer_operand():
 def test_fwd_checks_its_arguments_before_any_work():
     with pytest.raises(TypeError, match="contracting dimension"):
         custom_vjp.dot_general_fwd(jnp.ones((3, 4)), jnp.ones((5, 2)), DN)
+
+
+def test_scanned_layers_keep_what_jnp_keeps():
+    # Under lax.scan (no vmap) the custom_vjp saves what jnp's autodiff saves: the stacked
+    # weights "from the argument", never a stacked copy, and the same activations.
+    ws, x = operands(3, (3, 8, 8), (4, 8))
+
+    def scanned(mm):
+        return lambda ws, x: jnp.sum(lax.scan(lambda h, w: (jnp.tanh(mm(h, w)), None), x, ws)[0])
+
+    ours = saved_residuals(scanned(custom_vjp.matmul), ws, x)
+    theirs = saved_residuals(scanned(jnp.matmul), ws, x)
+    assert sorted(kind for kind, _ in ours) == sorted(kind for kind, _ in theirs)
+    assert ("f32[3,8,8]", "from the argument ws") in ours
