@@ -117,8 +117,9 @@ def _cotangent(
 ) -> Any:
     """One operand's cotangent: the product the derivation names, in the operand's dtype."""
     result = ragged(lhs, rhs, sizes, **dict(params, mode=mode))
-    if mode == "contracting":  # [G, B, K, N] -> rhs's [B, G, K, N]
-        result = result.transpose(1, 0, 2, 3)
+    if mode == "contracting":  # [G, B, K, N] -> rhs's [B, G, K, N] (one batch: a reshape)
+        swapped = (result.shape[1], result.shape[0], *result.shape[2:])
+        result = result.reshape(swapped) if 1 in swapped[:2] else result.transpose(1, 0, 2, 3)
     return result.astype(operand.aval.dtype)
 
 

@@ -141,6 +141,8 @@ def tiled(lhs: jax.Array, rhs: jax.Array, sizes: jax.Array, *, mode: str, **para
 
     out = jnp.zeros((batch * groups, lhs.shape[3], rhs.shape[3]), accumulation)
     out = lax.fori_loop(0, count, accumulate_tile, out)
-    out = out.reshape(batch, groups, *out.shape[1:]).transpose(1, 0, 2, 3)
+    out = out.reshape(batch, groups, *out.shape[1:])
+    # [B, G, M, N] -> [G, B, M, N]; with one batch a reshape, which XLA does not copy.
+    out = out.reshape(out_type.shape) if batch == 1 else out.transpose(1, 0, 2, 3)
     result: jax.Array = out.astype(out_type.dtype)
     return result
