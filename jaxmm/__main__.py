@@ -204,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cross_entropy: dict[str, Any] = {}
     models: dict[str, Any] = {}
+    ragged: list[dict[str, Any]] = []
     if not args.no_benchmark:
         from . import _cross_entropy_benchmark, _models_benchmark
 
@@ -214,6 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "memory": [r.as_dict() for r in memory_rows],
             "steps": [r.as_dict() for r in step_rows],
         }
+        from . import _ragged_benchmark
+
+        ragged_rows, ragged_checks = _timed_section(_ragged_benchmark.report, args.quick)
+        failures += sum(problem is not None for _, problem in ragged_checks)
+        ragged = [r.as_dict() for r in ragged_rows]
 
     if args.json:
         with open(args.json, "w") as f:
@@ -236,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "overheads": [o.as_dict() for o in overheads],
                     "linear_cross_entropy": cross_entropy,
                     "models": models,
+                    "ragged_dot": ragged,
                 },
                 f,
                 indent=2,

@@ -300,3 +300,9 @@ def test_group_sizes_get_no_cotangent():
     _, vjp = jax.vjp(jaxmm.ragged_dot, x, w, sizes)
     assert vjp(jnp.ones((8, 5)))[2].dtype == jax.dtypes.float0
     check_jvp(lambda a: jaxmm.ragged_dot(a, w, sizes), lambda a: lax.ragged_dot(a, w, sizes), x)
+
+
+def test_python_m_jaxmm_self_check_passes():
+    from jaxmm import _ragged_benchmark
+
+    assert [problem for _, problem in _ragged_benchmark.self_check()] == [None, None]
