@@ -306,3 +306,19 @@ def test_python_m_jaxmm_self_check_passes():
     from jaxmm import _ragged_benchmark
 
     assert [problem for _, problem in _ragged_benchmark.self_check()] == [None, None]
+
+
+@pytest.mark.full
+def test_moe_example_trains_like_the_lax_layer():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "moe_ragged.py"
+    spec = importlib.util.spec_from_file_location("moe_ragged", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    data = example.batches(20, 256, 32)
+    ours = example.train(jaxmm.ragged_dot, d=32, hidden=64, data=data)
+    theirs = example.train(lax.ragged_dot, d=32, hidden=64, data=data)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)  # the same curve, to float32 rounding
+    assert ours[-1] < 0.8 * ours[0]  # it really trained
