@@ -324,3 +324,13 @@ def test_moe_example_trains_like_the_lax_layer():
     theirs = example.train(lax.ragged_dot, d=32, hidden=64, data=data)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)  # the same curve, to float32 rounding
     assert ours[-1] < 0.8 * ours[0]  # it really trained
+
+
+def test_docs_example_runs():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "ragged_dot.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/ragged_dot.md", "exec"), {})
