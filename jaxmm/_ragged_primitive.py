@@ -37,12 +37,14 @@ primitive. The group sizes are integers: they have no tangent (``float0``) and n
 
 Batching, derived: ``vmap`` adds an axis ``n`` to some operands.
 
-- *Rows.* Mapped in ``R``: ``n`` pairs ``L``'s rows with ``R[n]``, a batch axis; ``n`` is merged
-  into ``B`` (the others broadcast). Otherwise (``L`` and/or the sizes): ``n`` is one more block
-  of rows with their own sizes, merged into ``X``.
-- *Contracting.* Mapped in the sizes, or in both operands: a batch axis, merged into ``B``.
-  In ``L`` only: ``n`` is one more free axis of ``L``, merged into ``M``; in ``R`` only,
-  into ``N``.
+- Mapped in one operand only, the sizes not mapped: one more free axis of that operand, merged
+  into its last axis (``N`` of ``R`` in either mode, ``M`` of the contracting mode's ``L``):
+  ``Y[…, (n, j)] = Σ L[…] R[…, (n, j)]`` is the same product. (The rows mode's ``L`` is the
+  next case.)
+- *Rows*, mapped in ``L`` and/or the sizes, not in ``R``: ``n`` is one more block of rows with
+  their own sizes, merged into ``X``. Mapped in ``R`` and more: each ``n`` pairs its rows with
+  ``R[n]``, a batch axis merged into ``B`` (the unmapped operands broadcast).
+- *Contracting*, mapped in the sizes or in both operands: a batch axis, merged into ``B``.
 """
 
 from __future__ import annotations
@@ -174,28 +176,33 @@ def _batch(
         x.shape if d is None else x.shape[:d] + x.shape[d + 1 :]
         for x, d in zip(args, dims, strict=True)
     ]
-    if params["mode"] == "rows":
-        # Mapped in R: a batch axis (position 0). Otherwise: one more block of rows (position 1).
-        position = 0 if rhs_dim is not None else 1
-        rhs_position = 0 if rhs_dim is not None else None
-    elif sizes_dim is not None or (lhs_dim is not None and rhs_dim is not None):
-        position = rhs_position = 0
-    else:
-        # A free axis of one operand: next to M (lhs [B, X, K, M]) or N (rhs [B, X, K, N]).
+    rows_mode = params["mode"] == "rows"
+    free = (lhs_dim is None) != (rhs_dim is None) and sizes_dim is None
+    if free and (not rows_mode or lhs_dim is None):
+        # One more free axis of one operand: merged into its last axis (M of the contracting
+        # mode's lhs, N of either rhs), and found in the output next to that axis.
         mapped_dim, operand = (lhs_dim, 0) if lhs_dim is not None else (rhs_dim, 1)
         assert mapped_dim is not None
         moved = list(args)
         moved[operand] = _merged(jnp.moveaxis(args[operand], mapped_dim, 3), 3)
         out = ragged(*moved, **params)
-        out = out.reshape(*out.shape[: 2 + operand], size, -1, *out.shape[3 + operand :])
-        return out, 2 + operand
+        out_axis = 3 if rows_mode or operand == 1 else 2
+        return out.reshape(*out.shape[:out_axis], size, -1, *out.shape[out_axis + 1 :]), out_axis
+    if rhs_dim is not None:
+        # Mapped in R with L or the sizes (rows), or mapped in both operands or in the sizes
+        # (contracting): a batch axis.
+        position = rhs_position = 0
+    elif rows_mode:  # in L and/or the sizes only: one more block of rows with their own sizes
+        position, rhs_position = 1, None
+    else:  # contracting, mapped in the sizes (and perhaps L): a batch axis
+        position = rhs_position = 0
     new_lhs = _merged(_moved(lhs, lhs_dim, size, position, shapes[0]), position)
     new_sizes = _merged(_moved(sizes, sizes_dim, size, position, shapes[2]), position)
     new_rhs = rhs
     if rhs_position is not None:
         new_rhs = _merged(_moved(rhs, rhs_dim, size, rhs_position, shapes[1]), rhs_position)
     out = ragged(new_lhs, new_rhs, new_sizes, **params)
-    out_position = position if params["mode"] == "rows" else 1  # contracting: [G, B, M, N]
+    out_position = position if rows_mode else 1  # contracting: [G, B, M, N]
     out = out.reshape(*out.shape[:out_position], size, -1, *out.shape[out_position + 1 :])
     return out, out_position
 
