@@ -99,11 +99,12 @@ def case_operands(case, kind="random", dtype=jnp.float32, seed=0):
     return random_array(rng, lhs_shape, dtype), random_array(rng, rhs_shape, dtype), sizes
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("kind", ["random", "all_in_one", "trailing"])
 @pytest.mark.parametrize("name", CASES)
-def test_every_mode_matches_lax_and_dense_reference(name, kind):
+def test_every_mode_matches_lax_and_dense_reference(name, kind, dtype):
     case = CASES[name]
-    lhs, rhs, sizes = case_operands(case, kind)
+    lhs, rhs, sizes = case_operands(case, kind, dtype)
     dims = case[2]
     actual = jaxmm.ragged_dot_general(lhs, rhs, sizes, dims)
     assert_close(actual, lax.ragged_dot_general(lhs, rhs, sizes, dims), "value vs lax")
@@ -229,7 +230,9 @@ def test_hessian_matches_the_reference(name):
         assert_close(jax.hessian(loss(ours))(lhs), jax.hessian(loss(reference))(lhs), "hessian")
 
 
-@pytest.mark.parametrize("rows", [1, 127, 128, 129, 700])
+@pytest.mark.parametrize(
+    "rows", [1, 129, *(pytest.param(r, marks=pytest.mark.full) for r in (127, 128, 700))]
+)
 def test_cpu_tiles_match_the_native_formulation(rows):
     """The CPU loop over tiles and lax.ragged_dot_general (GPU/TPU) on the canonical layouts:
     groups ending inside, at and across tile boundaries, several row blocks."""
