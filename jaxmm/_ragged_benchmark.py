@@ -1,6 +1,7 @@
-"""The ragged section of ``python -m jaxmm``: a self-check of :func:`jaxmm.ragged_dot` against
-``lax.ragged_dot``, and the jitted forward and ``value_and_grad`` (both operands) of the grouped
-product of a mixture-of-experts layer, three ways, interleaved in one run:
+"""The ragged section of ``python -m jaxmm``'s benchmark (its self-check is
+:mod:`jaxmm._selfcheck`'s, with every public function's): the jitted forward and
+``value_and_grad`` (both operands) of the grouped product of a mixture-of-experts layer, three
+ways, interleaved in one run:
 
 - ``jaxmm``: :func:`jaxmm.ragged_dot` (its hand-derived rules; on CPU the loop over row tiles).
 - ``lax``: ``lax.ragged_dot`` and JAX's autodiff of it (on CPU, G masked dense products).
@@ -25,7 +26,6 @@ import numpy as np
 from jax import lax
 
 from ._ragged import ragged_dot
-from ._testing import check_vjp
 
 SIZE = (4096, 512, 512)  # tokens, d_in, d_out
 QUICK_SIZE = (512, 128, 128)
@@ -104,43 +104,13 @@ def measure(name: str, sizes: list[int], size: tuple[int, int, int], repeats: in
     return Row(name, forward, _median_times(steps, args, repeats), temp)
 
 
-def self_check() -> list[tuple[str, str | None]]:
-    """Pass (None) or the problem, per check: values and VJP against ``lax.ragged_dot``, with an
-    empty group and trailing rows."""
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((50, 8)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((4, 8, 6)), jnp.float32)
-    sizes = jnp.asarray([20, 0, 17, 5], jnp.int32)
-    checks: dict[str, Callable[[], None]] = {
-        "ragged_dot vjp vs lax": lambda: check_vjp(
-            lambda a, b: ragged_dot(a, b, sizes), lambda a, b: lax.ragged_dot(a, b, sizes), x, w
-        ),
-        "ragged_dot vmap(x) vs lax": lambda: np.testing.assert_allclose(
-            jax.vmap(ragged_dot, (0, None, None))(jnp.stack([x, -x]), w, sizes)[1],
-            lax.ragged_dot(-x, w, sizes),
-            rtol=1e-5,
-            atol=1e-5,
-        ),
-    }
-    rows: list[tuple[str, str | None]] = []
-    for label, check in checks.items():
-        try:
-            check()
-            rows.append((label, None))
-        except AssertionError as error:
-            rows.append((label, str(error).splitlines()[0]))
-    return rows
-
-
-def report(quick: bool = False) -> tuple[list[Row], list[tuple[str, str | None]], str]:
-    """The self-check, the measurements and their printed table."""
-    checks = self_check()
+def report(quick: bool = False) -> tuple[list[Row], list[str], str]:
+    """The measurements, the names of the formulations compared, and the printed table."""
     size = QUICK_SIZE if quick else SIZE
     tokens, d_in, d_out = size
     rows = [measure(n, s, size, 3 if quick else 5) for n, s in cases(tokens).items()]
     names = ["jaxmm", "lax", "dense"]
-    lines = [f"{label:<28} {'PASS' if p is None else 'FAIL: ' + p}" for label, p in checks]
-    lines += [
+    lines = [
         f"ragged_dot, x [{tokens}, {d_in}], w [g, {d_in}, {d_out}], float32: forward ms, "
         "value_and_grad(x, w) ms and compiled temp MiB, medians of interleaved repeats",
         f"{'case':<22}" + "".join(f" {'fwd ' + n:>11}" for n in names)
@@ -157,4 +127,4 @@ def report(quick: bool = False) -> tuple[list[Row], list[tuple[str, str | None]]
             + f" {r.step_ms['jaxmm'] / r.step_ms['lax']:9.3f}"
             + f" {r.step_ms['jaxmm'] / r.step_ms['dense']:11.3f}"
         )
-    return rows, checks, "\n".join(lines)
+    return rows, names, "\n".join(lines)

@@ -308,9 +308,11 @@ def test_group_sizes_get_no_cotangent():
 
 
 def test_python_m_jaxmm_self_check_passes():
-    from jaxmm import _ragged_benchmark
+    from jaxmm import _selfcheck
 
-    assert [problem for _, problem in _ragged_benchmark.self_check()] == [None, None]
+    cases = [c for c in _selfcheck.cases() if c.name in _selfcheck.RAGGED]
+    assert {c.transform for c in cases} == {"vjp", "vmap", "grad", "jvp"}
+    assert [_selfcheck.run_case(c) for c in cases] == [None] * len(cases)
 
 
 @pytest.mark.full
