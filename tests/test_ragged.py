@@ -65,10 +65,12 @@ CASES = [
         "bmxky,bxkyn,bxgk->gbmn",
     ),
     ((5, 3, 4), (5, 4, 2), Dims((([2], [1]), ([0], [0])), [0], []), (), "bmk,bkn->bmn"),
+    # Contracting axes on both sides of the ragged one, paired in another order in rhs.
+    ((2, 9, 3), (3, 3, 2, 4), Dims((([0, 2], [2, 1]), ([], [])), [1], [0]), (), "amc,gcan,gm->mn"),
+    ((6, 9, 2), (2, 9, 4), Dims((([1, 2], [1, 0]), ([], [])), [1], []), (), "mky,ykn,gk->gmn"),
 ]
-CASES = dict(
-    zip(["rows", "rows_batch_outer_inner", "contracting", "contracting_batch", "batch"], CASES)
-)
+NAMES = ["rows", "rows_batch_outer_inner", "contracting", "contracting_batch", "batch"]
+CASES = dict(zip([*NAMES, "rows_split_contraction", "contracting_inner_axis"], CASES))
 
 
 def dense_reference(spec, dims, lhs_shape):
