@@ -14,7 +14,7 @@ from reference import assert_same_vjp, random_array
 import jaxmm
 
 # Each drawn shape compiles anew: many cases in the full tier, a few by default.
-EXAMPLES = 100 if os.environ.get("JAXMM_FULL_TIER") else 4
+EXAMPLES = 100 if os.environ.get("JAXMM_FULL_TIER") else 3
 
 
 @st.composite
