@@ -20,6 +20,8 @@ from ._products import inner as inner
 from ._products import outer as outer
 from ._products import tensordot as tensordot
 from ._products import vdot as vdot
+from ._ragged import ragged_dot as ragged_dot
+from ._ragged import ragged_dot_general as ragged_dot_general
 from ._vectorized import matvec as matvec
 from ._vectorized import vecdot as vecdot
 from ._vectorized import vecmat as vecmat
@@ -36,6 +38,8 @@ __all__ = [
     "matmul",
     "matvec",
     "outer",
+    "ragged_dot",
+    "ragged_dot_general",
     "tensordot",
     "testing",
     "vdot",

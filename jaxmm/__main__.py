@@ -206,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cross_entropy: dict[str, Any] = {}
     models: dict[str, Any] = {}
+    ragged: list[dict[str, Any]] = []
     if not args.no_benchmark:
         from . import _cross_entropy_benchmark, _mechanisms_benchmark, _models_benchmark
 
@@ -218,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "steps": [r.as_dict() for r in step_rows],
             "mechanisms": [r.as_dict() for r in mechanism_rows],
         }
+        from . import _ragged_benchmark
+
+        ragged_rows, _ = _timed_section(_ragged_benchmark.report, args.quick)
+        ragged = [r.as_dict() for r in ragged_rows]
 
     if args.json:
         with open(args.json, "w") as f:
@@ -240,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "overheads": [o.as_dict() for o in overheads],
                     "linear_cross_entropy": cross_entropy,
                     "models": models,
+                    "ragged_dot": ragged,
                 },
                 f,
                 indent=2,

@@ -29,6 +29,17 @@ from ._testing import check_jvp, check_vjp, random_array
 
 DN = (((2, 3), (1, 0)), ((1,), (2,)))  # dot_general: a batch axis mid-array, two contracting
 LABELS = np.array([3, 0, 5, 1])  # linear_cross_entropy: one label per token
+GROUP_SIZES = np.array([3, 0, 2])  # ragged_dot: an empty group, and rows 5 and 6 in none
+RAGGED_DN = lax.RaggedDotDimensionNumbers((([1], [1]), ([], [])), [0], [0])
+
+
+def _grouped_reference(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``ragged_dot`` as one dense product per group, each masked to its group's rows (lax's
+    own ``ragged_dot`` batches only with its group sizes mapped too)."""
+    ends = np.cumsum(GROUP_SIZES)
+    rows = np.arange(x.shape[0])
+    mask = (ends[:, None] - GROUP_SIZES[:, None] <= rows) & (rows < ends[:, None])
+    return jnp.einsum("mk,gkn,gm->mn", x, w, jnp.asarray(mask, x.dtype))
 
 
 def _naive_cross_entropy(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -68,10 +79,21 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], Callable[..., Any], tuple[tuple[i
         _naive_cross_entropy,
         ((4, 3), (3, 6)),
     ),
+    "ragged_dot": (
+        lambda m, x, w, **o: m.ragged_dot(x, w, jnp.asarray(GROUP_SIZES), **o),
+        _grouped_reference,
+        ((7, 3), (3, 3, 4)),
+    ),
+    "ragged_dot_general": (
+        lambda m, x, w, **o: m.ragged_dot_general(x, w, jnp.asarray(GROUP_SIZES), RAGGED_DN, **o),
+        _grouped_reference,
+        ((7, 3), (3, 3, 4)),
+    ),
 }
 # More of matmul's layouts: vectors, a batch on both sides, broadcasting.
 MATMUL_SHAPES = (((4,), (4, 5)), ((3, 4), (4,)), ((2, 3, 4), (2, 4, 5)), ((1, 3, 4), (2, 1, 4, 5)))
-PRODUCTS = tuple(name for name in FUNCTIONS if name != "linear_cross_entropy")
+RAGGED = ("ragged_dot", "ragged_dot_general")  # products without residual_dtype or experimental
+PRODUCTS = tuple(name for name in FUNCTIONS if name not in ("linear_cross_entropy", *RAGGED))
 
 
 @dataclass(frozen=True)
@@ -149,13 +171,15 @@ def cases() -> Iterator[Case]:
     experimental = _experimental()
     for name, (call, reference, shapes) in FUNCTIONS.items():
         ours = functools.partial(call, jaxmm)
-        dtypes = ("float32", "float64") + (("bfloat16",) if name in PRODUCTS else ())
+        dtypes = ("float32", "float64") + (("bfloat16",) if name in PRODUCTS + RAGGED else ())
         for dtype in dtypes:
             yield Case(name, ours, reference, shapes, dtype, "vjp")
         if name in ("vdot", "dot_general"):
             yield Case(name, ours, reference, shapes, "complex64", "vjp")
         yield Case(name, ours, reference, shapes, "float32", "vmap")
         yield Case(name, ours, reference, shapes, "float32", "grad")
+        if name in RAGGED:
+            yield Case(name, ours, reference, shapes, "float32", "jvp")
         if name not in PRODUCTS:
             continue
         yield Case(name, ours, reference, shapes, "float32", "jvp")

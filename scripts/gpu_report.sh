@@ -19,7 +19,7 @@ python -c "import jax; print('JAX', jax.__version__, jax.devices())" | tee "$out
 tests=(tests/test_matmul.py tests/test_dot_general.py tests/test_einsum.py
        tests/test_transforms.py tests/test_structure.py tests/test_residual_dtype.py
        tests/test_flax.py tests/test_linear_cross_entropy.py)
-for optional in tests/test_products.py tests/test_experimental.py; do
+for optional in tests/test_products.py tests/test_experimental.py tests/test_ragged.py; do
     [ -f "$optional" ] && tests+=("$optional")
 done
 python -m pytest -q -p no:cacheprovider "${tests[@]}" 2>&1 | tee "$out/tests.log"

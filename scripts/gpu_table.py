@@ -75,6 +75,31 @@ def cross_entropy_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def ragged_table(results: dict) -> str:
+    """The ragged_dot section: forward and value_and_grad times and compiled temporaries."""
+    rows = results.get("ragged_dot")
+    if not rows:
+        return ""
+    names = list(rows[0]["step_ms"])
+    lines = [
+        f"ragged_dot on {results['device']}, JAX {results['jax']}: forward ms, value_and_grad ms,"
+        " compiled temp MiB",
+        "",
+        "| case | " + " | ".join(f"fwd {n} | step {n} | MiB {n}" for n in names) + " |",
+        "| --- | " + " | ".join("---: | ---: | ---:" for _ in names) + " |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | "
+            + " | ".join(
+                f"{r['forward_ms'][n]:.2f} | {r['step_ms'][n]:.2f} | {r['temp_mib'][n]:.1f}"
+                for n in names
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", type=Path)
@@ -86,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         print()
         if results.get("benchmark", [{}])[0].get("dtype") == "float32":  # measured in float32
             print(cross_entropy_table(results))
+            print()
+            print(ragged_table(results))
             print()
 
 
