@@ -10,6 +10,8 @@ mechanism of ``jaxmm.custom_vjp``) and the hijax primitive of :mod:`jaxmm._primi
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 
 from ._bilinear import bilinear_dot_general
@@ -38,6 +40,7 @@ def dot_general(
     preferred_element_type: DTypeLike | None = None,
     *,
     out_sharding: OutSharding = None,
+    reduction_order: Any = None,
     residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
@@ -59,6 +62,8 @@ def dot_general(
         backward products accumulate in it too, and each cotangent is cast back to its operand's
         dtype.
       out_sharding: sharding of the result, as in ``lax.dot_general``.
+      reduction_order: JAX's (0.12.1 and newer) summation-order control; jaxmm takes only
+        ``None`` (NotImplementedError otherwise: its backward products contract other axes).
       residual_dtype: jaxmm's own option, off (``None``) by default: the dtype in which to save
         the operands for the backward pass, one of ``jnp.bfloat16`` and ``jnp.float16`` (half
         the memory of float32), ``jnp.float8_e4m3fn`` and ``jnp.float8_e5m2`` (a quarter), or
@@ -109,7 +114,12 @@ def dot_general(
         rhs,
         dimension_numbers,
         Options.of(
-            precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
+            precision,
+            preferred_element_type,
+            out_sharding,
+            residual_dtype,
+            residual_scaling,
+            reduction_order=reduction_order,
         ),
     )
 

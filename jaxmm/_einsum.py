@@ -61,6 +61,7 @@ def einsum(
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
     out_sharding: OutSharding = None,
+    reduction_order: Any = None,
     residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
@@ -119,6 +120,7 @@ def einsum(
         residual_dtype,
         residual_scaling,
         num_operands(subscripts, operands),
+        reduction_order=reduction_order,
     )
     return apply_einsum(subscripts, operands, optimize, opts)
 

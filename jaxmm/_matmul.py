@@ -53,6 +53,7 @@ def matmul(
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
     out_sharding: OutSharding = None,
+    reduction_order: Any = None,
     residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
@@ -64,6 +65,8 @@ def matmul(
       precision: as in ``jnp.matmul``; applies to the backward products too.
       preferred_element_type: result and accumulation dtype, as in ``jnp.matmul``.
       out_sharding: sharding of the result, as in ``jnp.matmul``.
+      reduction_order: JAX's (0.12.1 and newer) summation-order control; jaxmm takes only
+        ``None`` (NotImplementedError otherwise: its backward products contract other axes).
       residual_dtype: jaxmm's own option, off by default: save the operands for the backward
         pass in ``jnp.bfloat16``, ``jnp.float16``, ``jnp.float8_e4m3fn`` or ``jnp.float8_e5m2``
         (or ``jnp.float32``, of float64 operands), scaled by a power of two where the dtype's
@@ -97,7 +100,12 @@ def matmul(
         a,
         b,
         Options.of(
-            precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
+            precision,
+            preferred_element_type,
+            out_sharding,
+            residual_dtype,
+            residual_scaling,
+            reduction_order=reduction_order,
         ),
     )
 

@@ -75,9 +75,18 @@ class Options:
         residual_dtype: Any = None,
         residual_scaling: str = "tensor",
         num_operands: int = 2,
+        reduction_order: Any = None,
     ) -> Options:
         """The public keyword options as one :class:`Options`, checked (TypeError / ValueError for a
-        residual option jaxmm does not know, before any work)."""
+        residual option jaxmm does not know, NotImplementedError for a ``reduction_order``, before
+        any work)."""
+        if reduction_order is not None:
+            # JAX 0.12.1's reduction_order fixes the summation order of one contraction; the
+            # backward products contract other axes, whose order it does not say.
+            raise NotImplementedError(
+                f"jaxmm does not take reduction_order (got {reduction_order!r}): its backward "
+                "products contract other axes than the forward product. Pass None."
+            )
         if isinstance(precision, list):
             precision = tuple(precision)
         dtype = None

@@ -42,6 +42,7 @@ def dot(
     precision: PrecisionLike = None,
     preferred_element_type: DTypeLike | None = None,
     out_sharding: OutSharding = None,
+    reduction_order: Any = None,
     residual_dtype: ResidualDTypeLike = None,
     residual_scaling: str = "tensor",
 ) -> jax.Array:
@@ -70,7 +71,12 @@ def dot(
       (2, 3, 5, 6)
     """
     opts = Options.of(
-        precision, preferred_element_type, out_sharding, residual_dtype, residual_scaling
+        precision,
+        preferred_element_type,
+        out_sharding,
+        residual_dtype,
+        residual_scaling,
+        reduction_order=reduction_order,
     )
     return apply_dot(a, b, opts)
 

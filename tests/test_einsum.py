@@ -239,8 +239,10 @@ def test_einsum_of_many_operands_under_jit_vmap_and_hessian(mechanism):
 def test_einsum_signature_is_jnps_plus_the_residual_options():
     import inspect
 
-    ours = inspect.signature(jaxmm.einsum).parameters
+    ours = dict(inspect.signature(jaxmm.einsum).parameters)
     theirs = inspect.signature(jnp.einsum).parameters
+    if "reduction_order" not in theirs:  # JAX before 0.12.1
+        del ours["reduction_order"]
     assert list(ours) == [p for p in theirs if p != "_dot_general"] + [
         "residual_dtype",
         "residual_scaling",

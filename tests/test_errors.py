@@ -111,3 +111,19 @@ def test_missing_dimension_numbers():
     # lax.dot_general happens to accept None; jaxmm asks for explicit dimension numbers.
     with pytest.raises(TypeError, match="requires dimension_numbers"):
         jaxmm.dot_general(jnp.ones((2, 3)), jnp.ones((3, 4)), None)
+
+
+@pytest.mark.parametrize("name", ["dot_general", "matmul", "einsum", "dot"])
+def test_a_reduction_order_is_refused_before_any_work(name):
+    # JAX 0.12.1's reduction_order fixes one contraction's summation order; jaxmm's backward
+    # products contract other axes, so it takes only None (and says so).
+    a, b = jnp.ones((3, 4)), jnp.ones((4, 2))
+    call = {
+        "dot_general": lambda **kw: jaxmm.dot_general(a, b, (((1,), (0,)), ((), ())), **kw),
+        "matmul": lambda **kw: jaxmm.matmul(a, b, **kw),
+        "einsum": lambda **kw: jaxmm.einsum("ij,jk->ik", a, b, **kw),
+        "dot": lambda **kw: jaxmm.dot(a, b, **kw),
+    }[name]
+    assert call(reduction_order=None).shape == (3, 2)
+    with pytest.raises(NotImplementedError, match="reduction_order"):
+        call(reduction_order="linear")

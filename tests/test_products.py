@@ -68,8 +68,10 @@ def test_product_precision_and_preferred_element_type(mechanism, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_product_signature_is_jnps_plus_the_residual_options(name):
-    ours = inspect.signature(getattr(jaxmm, name)).parameters
+    ours = dict(inspect.signature(getattr(jaxmm, name)).parameters)
     theirs = inspect.signature(getattr(jnp, name)).parameters
+    if "reduction_order" in ours and "reduction_order" not in theirs:  # JAX before 0.12.1
+        del ours["reduction_order"]
     extra = ["residual_dtype", "residual_scaling"]
     assert list(ours) == list(theirs) + extra
     for p in theirs.values():
