@@ -66,18 +66,19 @@ def _axes(x: jax.Array, axis: int) -> Axes:
 
 
 def on_mesh(
-    function: Callable[..., Any], token_axes: Axes, vocab_axes: Axes, returns: str
+    function: Callable[..., Any], token_axes: Axes, vocab_axes: Axes, returns: tuple[str, ...]
 ) -> Callable[..., Any]:
     """``function(x, w, *vectors)`` on each device's rows of ``x`` (and of the ``[N]`` vectors)
-    and columns of ``w``; its results are ``[N]`` vectors (``returns="vectors"``) or arrays laid
-    out like ``x`` and ``w`` (``returns="operands"``)."""
+    and columns of ``w``; its results are laid out as ``returns`` names them: ``"tokens"`` an
+    ``[N]`` vector, ``"x"`` and ``"w"`` like ``x`` and ``w``."""
     if not (token_axes or vocab_axes):
         return function
     tokens, vocab = token_axes or None, vocab_axes or None
 
     def run(x: jax.Array, w: jax.Array, *vectors: jax.Array) -> Any:
         in_specs = (P(tokens, None), P(None, vocab), *(P(tokens) for _ in vectors))
-        out_specs = (P(tokens), P(tokens)) if returns == "vectors" else in_specs[:2]
+        layouts = {"tokens": P(tokens), "x": in_specs[0], "w": in_specs[1]}
+        out_specs = tuple(layouts[kind] for kind in returns)
         mesh = jax.typeof(w).sharding.mesh
         sharded = jax.shard_map(function, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
         return sharded(x, w, *vectors)
