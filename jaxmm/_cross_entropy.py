@@ -85,12 +85,8 @@ from ._checks import (
     linear_cross_entropy_options,
 )
 from ._compat import cast_to_varying, varying_axes
-from ._cross_entropy_chunks import (
-    LossOptions,
-    backward_chunks,
-    forward_chunks,
-    gradient_chunks,
-)
+from ._cross_entropy_blocks import LossOptions
+from ._cross_entropy_chunks import backward_chunks, forward_chunks, gradient_chunks
 from ._dot_general import match_varying_axes
 from ._mesh import lay_out, on_mesh, restore
 from ._options import Options

@@ -43,10 +43,15 @@ def lay_out(
     token_axes = tuple(a for a in token_axes if a not in vocab_axes)
     if not (token_axes or vocab_axes or _axes(x, 1) or _axes(w, 0) or _axes(labels, 0)):
         return x, w, labels, mask, (), (), order
-    tokens = P(token_axes or None)
-    x = jax.sharding.reshard(x, P(token_axes or None, None))
-    w = jax.sharding.reshard(w, P(None, vocab_axes or None))
-    labels, mask = jax.sharding.reshard(labels, tokens), jax.sharding.reshard(mask, tokens)
+    # The mesh the arrays carry, so that no jax.set_mesh context is needed.
+    mesh = next(m for m in (jax.typeof(a).sharding.mesh for a in (x, w, labels)) if not m.empty)
+
+    def reshard(array: jax.Array, *spec: Any) -> jax.Array:
+        return jax.sharding.reshard(array, jax.NamedSharding(mesh, P(*spec)))
+
+    tokens = token_axes or None
+    x, w = reshard(x, tokens, None), reshard(w, None, vocab_axes or None)
+    labels, mask = reshard(labels, tokens), reshard(mask, tokens)
     return x, w, labels, mask, token_axes, vocab_axes, order
 
 
