@@ -47,7 +47,8 @@ def lay_out(
     mesh = next(m for m in (jax.typeof(a).sharding.mesh for a in (x, w, labels)) if not m.empty)
 
     def reshard(array: jax.Array, *spec: Any) -> jax.Array:
-        return jax.sharding.reshard(array, jax.NamedSharding(mesh, P(*spec)))
+        resharded: jax.Array = jax.sharding.reshard(array, jax.NamedSharding(mesh, P(*spec)))
+        return resharded
 
     tokens = token_axes or None
     x, w = reshard(x, tokens, None), reshard(w, None, vocab_axes or None)
