@@ -15,11 +15,13 @@ from jax import lax
 
 from ._compat import cast_to_varying, varying_axes
 
-# chunk_size=None: blocks of about 2^21 logits (8 MiB in float32): a tile of 2^21 / V tokens (at
-# least 8) by the whole vocabulary. Small enough that the compiled temporaries stay a few such
-# blocks; large enough that ``dW += X_tileᵀ dU``, which reads and writes ``dW`` once per tile,
-# does tile / 4 flops per byte of ``dW`` moved (float32).
+# chunk_size=None: tiles of about 2^21 logits (8 MiB in float32), 2^21 / V tokens (at least 8) by
+# the whole vocabulary, and chunks of columns whose [d, chunk] slice of dW holds about 2^20
+# numbers. Small enough that the compiled temporaries stay a few such blocks whatever V; large
+# enough that ``dW += X_tileᵀ dU``, which reads and writes ``dW`` once per tile, does tile / 4
+# flops per byte of ``dW`` moved (float32).
 BLOCK_ELEMENTS = 2**21
+DW_BLOCK_ELEMENTS = 2**20
 MIN_TILE = 8
 
 Stats = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
@@ -60,7 +62,7 @@ def tiling(
 
 def dw_chunk(w: jax.Array) -> int:
     """Columns whose ``[d, chunk]`` slice of ``dW`` is about one block (a multiple of 128)."""
-    return min(w.shape[1], max(128, BLOCK_ELEMENTS // w.shape[0] // 128 * 128))
+    return min(w.shape[1], max(128, DW_BLOCK_ELEMENTS // w.shape[0] // 128 * 128))
 
 
 def block_count(size: int, block: int) -> int:
@@ -112,10 +114,17 @@ def chunk_logits(
     )
     if options.soft_cap is not None:
         z = options.soft_cap * jnp.tanh(z / options.soft_cap)
+    return (z, *chunk_columns(start, k, chunk, offset, labels))
+
+
+def chunk_columns(
+    start: jax.Array, k: jax.Array | int, chunk: int, offset: jax.Array, labels: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Which columns of chunk ``k`` (from ``start``) no earlier chunk counted (``[1, chunk]``),
+    and where each token's label is among those (``[tokens, chunk]``)."""
     column = start + lax.broadcasted_iota(np.int32, (1, chunk), 1)
     fresh = column >= k * chunk
-    is_label = fresh & (offset + column == labels[:, None])
-    return z, fresh, is_label
+    return fresh, fresh & (offset + column == labels[:, None])
 
 
 def statistics(z: jax.Array, fresh: jax.Array, is_label: jax.Array) -> Stats:

@@ -14,11 +14,11 @@ are named in :mod:`jaxmm._cross_entropy`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from ._cross_entropy_blocks import (
@@ -26,6 +26,7 @@ from ._cross_entropy_blocks import (
     Stats,
     accumulation_dtype,
     block_count,
+    chunk_columns,
     chunk_logits,
     chunk_start,
     combine,
@@ -73,13 +74,12 @@ def gradient_chunks(
     vocab_size: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-token loss, ``dX = dU Wᵀ`` and ``dW = Xᵀ dU`` with ``g = token_cotangent``: per tile,
-    the logits (one product), their ``lse``, ``dU``, then ``dX`` and ``dW`` (two more)."""
+    its row of logits (one product) and their ``lse``, then chunk by chunk of the row ``dU``,
+    ``dX`` and ``dW`` (two more)."""
     tile, _ = tiling(x, w, options, "whole rows")
     chunk = dw_chunk(w)
-    iota = lax.broadcasted_iota(np.int32, (1, chunk), 1)
     offset = vocab_offset(w, options)
     dtype = accumulation_dtype(x)
-    dot = partial(lax.dot_general, precision=options.precision, preferred_element_type=dtype)
 
     def add_tile(k: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         losses, dx, dw = carry
@@ -87,20 +87,17 @@ def gradient_chunks(
         z, fresh, is_label = chunk_logits(x_tile, w, labels_tile, 0, w.shape[1], offset, options)
         lse, label_logit, logit_sum = combine(statistics(z, fresh, is_label), options)
         g = lax.dynamic_slice_in_dim(token_cotangent, start, tile)
-        du = logit_gradient(z, fresh, is_label, lse, g, options, vocab_size).astype(x.dtype)
-        dx_tile = dot(du, w, (((1,), (1,)), ((), ())))  # dU Wᵀ: a row per token, rewritable
-        x_fresh = jnp.where(fresh_rows, x_tile, 0)  # rows of an earlier tile: counted once in dW
+        add_products = _chunk_products(x_tile, fresh_rows, w, chunk, options)
 
-        def add_columns(c: jax.Array, dw: jax.Array) -> jax.Array:
-            # dW += Xᵀ dU by chunks of columns, added in place: no [d, V] temporary.
+        def add_chunk(c: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
             column = chunk_start(c, chunk, w.shape[1])
-            du_chunk = lax.dynamic_slice_in_dim(du, column, chunk, axis=1)
-            du_chunk = jnp.where(column + iota >= c * chunk, du_chunk, 0)  # each column once
-            dw_chunk = dot(x_fresh, du_chunk, (((0,), (0,)), ((), ())))
-            dw_old = lax.dynamic_slice_in_dim(dw, column, chunk, axis=1)
-            return lax.dynamic_update_slice_in_dim(dw, dw_old + dw_chunk, column, 1)
+            z_chunk = lax.dynamic_slice_in_dim(z, column, chunk, axis=1)
+            fresh, is_label = chunk_columns(column, c, chunk, offset, labels_tile)
+            du = logit_gradient(z_chunk, fresh, is_label, lse, g, options, vocab_size)
+            return add_products(du.astype(x.dtype), column, *carry)
 
-        dw = lax.fori_loop(0, block_count(w.shape[1], chunk), add_columns, dw)
+        dx_tile = varying_zeros(x_tile.shape, dtype, x, w)
+        dx_tile, dw = lax.fori_loop(0, block_count(w.shape[1], chunk), add_chunk, (dx_tile, dw))
         loss = token_loss(lse, label_logit, logit_sum, options, vocab_size)
         losses = lax.dynamic_update_slice_in_dim(losses, loss, start, 0)
         return losses, lax.dynamic_update_slice_in_dim(dx, dx_tile, start, 0), dw
@@ -127,26 +124,18 @@ def backward_chunks(
     tile, chunk = tiling(x, w, options, "dw")
     offset = vocab_offset(w, options)
     dtype = accumulation_dtype(x)
-    dot = partial(lax.dot_general, precision=options.precision, preferred_element_type=dtype)
 
     def add_tile(k: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
         dx, dw = carry
         start, x_tile, labels_tile, fresh_rows = token_tile(k, tile, x, labels)
         lse_tile = lax.dynamic_slice_in_dim(lse, start, tile)
         g = lax.dynamic_slice_in_dim(token_cotangent, start, tile)
-        x_fresh = jnp.where(fresh_rows, x_tile, 0)
+        add_products = _chunk_products(x_tile, fresh_rows, w, chunk, options)
 
         def add_chunk(c: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
-            dx_tile, dw = carry
             z, fresh, is_label = chunk_logits(x_tile, w, labels_tile, c, chunk, offset, options)
             du = logit_gradient(z, fresh, is_label, lse_tile, g, options, vocab_size)
-            du = du.astype(x.dtype)  # the products run in the inputs' dtype
-            column = chunk_start(c, chunk, w.shape[1])
-            w_chunk = lax.dynamic_slice_in_dim(w, column, chunk, axis=1)
-            dx_tile = dx_tile + dot(du, w_chunk, (((1,), (1,)), ((), ())))  # dU Wᵀ
-            dw_chunk = dot(x_fresh, du, (((0,), (0,)), ((), ())))  # Xᵀ dU; 0 where not fresh
-            dw_old = lax.dynamic_slice_in_dim(dw, column, chunk, axis=1)
-            return dx_tile, lax.dynamic_update_slice_in_dim(dw, dw_old + dw_chunk, column, 1)
+            return add_products(du.astype(x.dtype), chunk_start(c, chunk, w.shape[1]), *carry)
 
         dx_tile = varying_zeros(x_tile.shape, dtype, x, w)
         dx_tile, dw = lax.fori_loop(0, block_count(w.shape[1], chunk), add_chunk, (dx_tile, dw))
@@ -155,6 +144,31 @@ def backward_chunks(
     carry = (varying_zeros(x.shape, dtype, x, w), varying_zeros(w.shape, dtype, x, w))
     dx, dw = lax.fori_loop(0, block_count(x.shape[0], tile), add_tile, carry)
     return sum_over_devices(dx, dw, x, w, options)
+
+
+def _chunk_products(
+    x_tile: jax.Array, fresh_rows: jax.Array, w: jax.Array, chunk: int, options: LossOptions
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """``(du, column, dx_tile, dw) ↦`` the tile's ``dX += dU W_chunkᵀ`` and the chunk's columns of
+    ``dW += X_tileᵀ dU``, added in place (no ``[d, V]`` temporary). The products run in the
+    inputs' dtype, accumulated in float32; ``dU`` is 0 in the columns of an earlier chunk."""
+    dot = partial(
+        lax.dot_general,
+        precision=options.precision,
+        preferred_element_type=accumulation_dtype(x_tile),
+    )
+    x_fresh = jnp.where(fresh_rows, x_tile, 0)  # rows of an earlier tile: counted once in dW
+
+    def add(
+        du: jax.Array, column: jax.Array, dx_tile: jax.Array, dw: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        w_chunk = lax.dynamic_slice_in_dim(w, column, chunk, axis=1)
+        dx_tile = dx_tile + dot(du, w_chunk, (((1,), (1,)), ((), ())))  # dU Wᵀ: rows rewritable
+        dw_chunk = dot(x_fresh, du, (((0,), (0,)), ((), ())))
+        dw_old = lax.dynamic_slice_in_dim(dw, column, chunk, axis=1)
+        return dx_tile, lax.dynamic_update_slice_in_dim(dw, dw_old + dw_chunk, column, 1)
+
+    return add
 
 
 def _tile_statistics(
