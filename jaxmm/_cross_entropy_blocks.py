@@ -20,7 +20,7 @@ from ._compat import cast_to_varying, varying_axes
 # numbers. Small enough that the compiled temporaries stay a few such blocks whatever V; large
 # enough that ``dW += X_tileᵀ dU``, which reads and writes ``dW`` once per tile, does tile / 4
 # flops per byte of ``dW`` moved (float32).
-BLOCK_ELEMENTS = 2**21
+BLOCK_ELEMENTS = 2**22
 DW_BLOCK_ELEMENTS = 2**20
 MIN_TILE = 8
 
@@ -60,9 +60,10 @@ def tiling(
     return max(1, min(tile, tokens)), chunk
 
 
-def dw_chunk(w: jax.Array) -> int:
-    """Columns whose ``[d, chunk]`` slice of ``dW`` is about one block (a multiple of 128)."""
-    return min(w.shape[1], max(128, DW_BLOCK_ELEMENTS // w.shape[0] // 128 * 128))
+def dw_chunk(w: jax.Array, tile: int = 0) -> int:
+    """Columns whose ``[d, chunk]`` slice of ``dW`` (and ``[tile, chunk]`` block of ``dU``) is
+    about ``DW_BLOCK_ELEMENTS`` numbers, a multiple of 128."""
+    return min(w.shape[1], max(128, DW_BLOCK_ELEMENTS // max(w.shape[0], tile) // 128 * 128))
 
 
 def block_count(size: int, block: int) -> int:
@@ -101,8 +102,7 @@ def chunk_logits(
     offset: jax.Array,
     options: LossOptions,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Chunk ``k``'s logits ``z`` ``[tokens, chunk]``, which of its columns no earlier chunk
-    counted (``[1, chunk]``), and where each token's label is among those (``[tokens, chunk]``)."""
+    """Chunk ``k``'s logits ``z`` ``[tokens, chunk]`` and its :func:`chunk_columns`."""
     start = chunk_start(k, chunk, w.shape[1])
     w_chunk = lax.dynamic_slice_in_dim(w, start, chunk, axis=1)
     z = lax.dot_general(
@@ -121,17 +121,21 @@ def chunk_columns(
     start: jax.Array, k: jax.Array | int, chunk: int, offset: jax.Array, labels: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """Which columns of chunk ``k`` (from ``start``) no earlier chunk counted (``[1, chunk]``),
-    and where each token's label is among those (``[tokens, chunk]``)."""
-    column = start + lax.broadcasted_iota(np.int32, (1, chunk), 1)
-    fresh = column >= k * chunk
-    return fresh, fresh & (offset + column == labels[:, None])
+    and each token's label's column in the chunk, -1 when not among those (``[tokens]``)."""
+    column = lax.broadcasted_iota(np.int32, (1, chunk), 1)
+    fresh = start + column >= k * chunk
+    label_column = labels - offset - start
+    inside = (label_column >= 0) & (label_column < chunk) & (start + label_column >= k * chunk)
+    return fresh, jnp.where(inside, label_column, -1)
 
 
-def statistics(z: jax.Array, fresh: jax.Array, is_label: jax.Array) -> Stats:
+def statistics(z: jax.Array, fresh: jax.Array, label_column: jax.Array) -> Stats:
     """One block's maximum, sum of ``exp(z − maximum)``, label logit and sum of logits."""
     maximum = jnp.max(jnp.where(fresh, z, -jnp.inf), axis=1)
     exp_sum = jnp.sum(jnp.where(fresh, jnp.exp(z - maximum[:, None]), 0), axis=1)
-    label_logit = jnp.sum(jnp.where(is_label, z, 0), axis=1)
+    # One number per token, picked, rather than a [tokens, chunk] select summed.
+    picked = jnp.take_along_axis(z, jnp.maximum(label_column, 0)[:, None], axis=1)[:, 0]
+    label_logit = jnp.where(label_column >= 0, picked, 0)
     return maximum, exp_sum, label_logit, jnp.sum(jnp.where(fresh, z, 0), axis=1)
 
 
@@ -171,7 +175,7 @@ def token_loss(
 def logit_gradient(
     z: jax.Array,
     fresh: jax.Array,
-    is_label: jax.Array,
+    label_column: jax.Array,
     lse: jax.Array,
     g: jax.Array,
     options: LossOptions,
@@ -179,6 +183,7 @@ def logit_gradient(
 ) -> jax.Array:
     """``dU = g ((1 + 2 ζ lse) softmax(z) − targets) (1 − (z / c)²)``; 0 in columns not fresh."""
     smoothing, cap = options.label_smoothing, options.soft_cap
+    is_label = lax.broadcasted_iota(np.int32, z.shape, 1) == label_column[:, None]
     targets = (1 - smoothing) * is_label + smoothing / vocab_size
     softmax_scale = ((1 + 2 * options.z_loss * lse) * g)[:, None]
     dz = softmax_scale * jnp.exp(z - lse[:, None]) - g[:, None] * targets

@@ -77,23 +77,25 @@ def gradient_chunks(
     its row of logits (one product) and their ``lse``, then chunk by chunk of the row ``dU``,
     ``dX`` and ``dW`` (two more)."""
     tile, _ = tiling(x, w, options, "whole rows")
-    chunk = dw_chunk(w)
+    chunk = dw_chunk(w, tile)
     offset = vocab_offset(w, options)
     dtype = accumulation_dtype(x)
 
     def add_tile(k: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         losses, dx, dw = carry
         start, x_tile, labels_tile, fresh_rows = token_tile(k, tile, x, labels)
-        z, fresh, is_label = chunk_logits(x_tile, w, labels_tile, 0, w.shape[1], offset, options)
-        lse, label_logit, logit_sum = combine(statistics(z, fresh, is_label), options)
+        z, fresh, label_column = chunk_logits(
+            x_tile, w, labels_tile, 0, w.shape[1], offset, options
+        )
+        lse, label_logit, logit_sum = combine(statistics(z, fresh, label_column), options)
         g = lax.dynamic_slice_in_dim(token_cotangent, start, tile)
         add_products = _chunk_products(x_tile, fresh_rows, w, chunk, options)
 
         def add_chunk(c: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
             column = chunk_start(c, chunk, w.shape[1])
             z_chunk = lax.dynamic_slice_in_dim(z, column, chunk, axis=1)
-            fresh, is_label = chunk_columns(column, c, chunk, offset, labels_tile)
-            du = logit_gradient(z_chunk, fresh, is_label, lse, g, options, vocab_size)
+            fresh, label_column = chunk_columns(column, c, chunk, offset, labels_tile)
+            du = logit_gradient(z_chunk, fresh, label_column, lse, g, options, vocab_size)
             return add_products(du.astype(x.dtype), column, *carry)
 
         dx_tile = varying_zeros(x_tile.shape, dtype, x, w)
@@ -133,8 +135,8 @@ def backward_chunks(
         add_products = _chunk_products(x_tile, fresh_rows, w, chunk, options)
 
         def add_chunk(c: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
-            z, fresh, is_label = chunk_logits(x_tile, w, labels_tile, c, chunk, offset, options)
-            du = logit_gradient(z, fresh, is_label, lse_tile, g, options, vocab_size)
+            z, fresh, label_column = chunk_logits(x_tile, w, labels_tile, c, chunk, offset, options)
+            du = logit_gradient(z, fresh, label_column, lse_tile, g, options, vocab_size)
             return add_products(du.astype(x.dtype), chunk_start(c, chunk, w.shape[1]), *carry)
 
         dx_tile = varying_zeros(x_tile.shape, dtype, x, w)
