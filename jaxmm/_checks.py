@@ -205,3 +205,16 @@ def linear_cross_entropy_options(
             raise ValueError(f"{name} chunk_size must be positive, got {chunk_size}.")
         chunk_size = tuple(int(n) for n in sizes) if len(sizes) == 2 else int(sizes[0])
     return reduction, label_smoothing, z_loss, logit_soft_cap, chunk_size
+
+
+def linear_cross_entropy_axes(axis_name: Any) -> tuple[str, ...]:
+    """``axis_name`` as a tuple of mesh axis names (``None``: none)."""
+    if axis_name is None:
+        return ()
+    axes = (axis_name,) if isinstance(axis_name, str) else axis_name
+    if not isinstance(axes, (tuple, list)) or not axes or not all(isinstance(a, str) for a in axes):
+        raise TypeError(
+            "linear_cross_entropy axis_name must be None, a mesh axis name or a tuple of them, "
+            f"got {axis_name!r}."
+        )
+    return tuple(axes)

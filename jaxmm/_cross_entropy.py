@@ -47,17 +47,24 @@ tokens, and ``g[n] = ḡ γ[n]`` with ``γ[n] = m[n]`` (sum) or ``m[n] / Σ_n m[
 the forward pass. ``dU`` is linear in ``g``, so ``dX = ḡ dX₁`` and ``dW = ḡ dW₁`` with
 ``dX₁, dW₁`` the gradients for ``g = γ``. The forward pass forms those, and the backward pass only
 multiplies them by ``ḡ``: three products in all (the logits, ``dU Wᵀ``, ``Xᵀ dU``), where
-recomputing the logits in the backward pass makes four. The forward pass can form ``dU`` only
-once it has ``lse``, the whole row's. Why not online, like ``lse``: ``dU[n, v]`` carries the
-factor ``exp(−lse[n])``; rescaling a running ``dX₁`` (a row per token) when the maximum moves
-works, but the columns of ``dW₁ = Xᵀ dU`` already summed over the tokens cannot be rescaled per
-token afterwards. So the loop runs over tiles of tokens, each holding its whole row of logits
-``[tile, V]`` (the tile chosen so that this stays a small block): the logits (product one), their
-``lse`` and loss, ``dU``, the tile's rows of ``dX₁ = dU Wᵀ`` (product two), ``dW₁ += X_tileᵀ dU``
-(product three). Exact, no rescaling. It keeps ``dX₁`` and ``dW₁``: the size of ``x`` and ``w``
-(in their dtype), which is what the gradient step returns anyway, in place of ``x`` and ``w``
-themselves, which a recomputing backward pass keeps. ``reduction="none"`` has a cotangent per
-token, known only in the backward pass, which recomputes each block's logits from ``lse``.
+recomputing the logits in the backward pass makes four.
+
+The forward pass can form ``dU`` only once it has ``lse``, the whole row's. Why not online, like
+``lse``: with ``l[n]`` the log-sum-exp of the chunks seen so far,
+
+    dW₁[i, v] = Σ_n X[n, i] γ[n] ((1 + 2 ζ lse[n]) exp(z[n, v] − l[n]) exp(l[n] − lse[n]) − t[n, v])
+
+needs a correction ``exp(l[n] − lse[n])`` (and ``lse[n]`` in the z-loss factor) that differs from
+token to token, inside a sum over the tokens: a column of ``dW₁`` already summed cannot be
+corrected afterwards (a row of ``dX₁``, one token's, could). So the loop runs over tiles of tokens,
+each holding its whole row of logits ``[tile, V]`` (the tile chosen so that this stays a small
+block): the logits (product one), their ``lse`` and loss; then, chunk by chunk of that row,
+``dU``, the tile's rows of ``dX₁ += dU W_chunkᵀ`` (product two) and the chunk's columns of
+``dW₁ += X_tileᵀ dU`` (product three). Exact, with no rescaling. It keeps ``dX₁`` and ``dW₁``:
+the size of ``x`` and ``w`` (in their dtype), which the gradient step returns anyway, in place of
+``x`` and ``w`` themselves, which a recomputing backward pass keeps. ``reduction="none"`` has a
+cotangent per token, known only in the backward pass, which recomputes each block's logits from
+``x``, ``w`` and ``lse``.
 
 A last tile (chunk) that would run past the tokens (``V``) is moved back to end there: its rows
 (columns) already counted are rewritten with the same values, and left out of the sums.
@@ -82,10 +89,11 @@ from jax import lax
 
 from ._checks import (
     linear_cross_entropy_arrays,
+    linear_cross_entropy_axes,
     linear_cross_entropy_options,
 )
 from ._compat import cast_to_varying, varying_axes
-from ._cross_entropy_blocks import LossOptions
+from ._cross_entropy_blocks import LossOptions, accumulation_dtype
 from ._cross_entropy_chunks import backward_chunks, forward_chunks, gradient_chunks
 from ._dot_general import match_varying_axes
 from ._mesh import lay_out, on_mesh, restore
@@ -139,10 +147,10 @@ def linear_cross_entropy(
       z_loss: coefficient (≥ 0) of ``lse²``, which keeps the log-normaliser near zero.
       logit_soft_cap: ``None`` or ``c > 0``: logits ``c tanh(z / c)``.
       precision: as in ``lax.dot_general``, for every product of both passes.
-      chunk_size: ``None``: tiles of about 2²¹ / V tokens (at least 8) by the whole vocabulary
-        (64 tokens for V = 32768). An int: vocabulary columns per chunk (of the undifferentiated
+      chunk_size: ``None``: tiles of about 2²² / V tokens (at least 8) by the whole vocabulary
+        (128 tokens for V = 32768). An int: vocabulary columns per chunk (of the undifferentiated
         loss and of ``"none"``'s backward pass; the tiles of a differentiated scalar loss always
-        hold whole rows), with tiles of about 2²¹ / chunk tokens; a pair: (tokens, columns).
+        hold whole rows), with tiles of about 2²² / chunk tokens; a pair: (tokens, columns).
       axis_name: inside ``jax.shard_map``, the mesh axis (or tuple of axes) along which ``w``'s
         columns are sharded: each device passes its own ``(d, V / devices)`` columns, the same
         ``x`` and labels (global indices in ``[0, V)``), and gets the whole vocabulary's loss and
@@ -179,7 +187,9 @@ def linear_cross_entropy(
             reduction, label_smoothing, z_loss, logit_soft_cap, chunk_size
         )
         precision = Options.of(precision).precision
-        options = LossOptions(*checked, precision=precision, axis_name=_axes(axis_name))
+        options = LossOptions(
+            *checked, precision=precision, axis_name=linear_cross_entropy_axes(axis_name)
+        )
         loss: jax.Array = _checked_linear_cross_entropy(x, w, labels, mask, options)
         return loss
 
@@ -188,18 +198,6 @@ def _vary_like(a: jax.Array, like: jax.Array) -> jax.Array:
     """``a``, marked as varying along the ``shard_map`` axes that ``like`` varies along."""
     axes = tuple(sorted(varying_axes(like) - varying_axes(a)))
     return cast_to_varying(a, axes) if axes else a
-
-
-def _axes(axis_name: str | tuple[str, ...] | None) -> tuple[str, ...]:
-    if axis_name is None:
-        return ()
-    axes = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
-    if not axes or not all(isinstance(axis, str) for axis in axes):
-        raise TypeError(
-            "linear_cross_entropy axis_name must be None, a mesh axis name or a tuple of them, "
-            f"got {axis_name!r}."
-        )
-    return axes
 
 
 @staged(4)
@@ -241,7 +239,7 @@ def _linear_cross_entropy_fwd(
         losses, lse = _on_mesh(forward_chunks, options, ("tokens", "tokens"))(x, w, labels)
         return _reduce(losses, labels, mask, options), (x, w, labels, mask, lse)
     # A scalar's: dX = ḡ dX₁, dW = ḡ dW₁, with dX₁ and dW₁ formed now, for g = γ (docstring).
-    unit = _token_cotangent(jnp.ones((), _loss_dtype(x)), labels, mask, options)
+    unit = _token_cotangent(jnp.ones((), accumulation_dtype(x)), labels, mask, options)
     returns = ("tokens", "x", "w")
     losses, dx, dw = _on_mesh(gradient_chunks, options, returns)(x, w, labels, unit)
     return _reduce(losses, labels, mask, options), (dx.astype(x.dtype), dw.astype(w.dtype))
@@ -289,10 +287,6 @@ def _token_cotangent(
 
 def _valid(labels: jax.Array, options: LossOptions) -> jax.Array:
     return (labels >= 0) & (labels < options.vocab_size)
-
-
-def _loss_dtype(x: jax.Array) -> Any:
-    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _on_mesh(kernel: Any, options: LossOptions, returns: tuple[str, ...]) -> Any:

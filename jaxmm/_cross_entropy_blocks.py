@@ -15,7 +15,7 @@ from jax import lax
 
 from ._compat import cast_to_varying, varying_axes
 
-# chunk_size=None: tiles of about 2^21 logits (8 MiB in float32), 2^21 / V tokens (at least 8) by
+# chunk_size=None: tiles of about 2^22 logits (16 MiB in float32), 2^22 / V tokens (at least 8) by
 # the whole vocabulary, and chunks of columns whose [d, chunk] slice of dW holds about 2^20
 # numbers. Small enough that the compiled temporaries stay a few such blocks whatever V; large
 # enough that ``dW += X_tileᵀ dU``, which reads and writes ``dW`` once per tile, does tile / 4

@@ -241,6 +241,8 @@ ERRORS = [
     (dict(logit_soft_cap=0.0), ValueError, "logit_soft_cap must be None or > 0"),
     (dict(chunk_size=0), ValueError, "chunk_size must be positive"),
     (dict(chunk_size=2.5), TypeError, "chunk_size must be None or an int"),
+    (dict(chunk_size=(4, 0)), ValueError, "chunk_size must be positive"),
+    (dict(axis_name=3), TypeError, "axis_name must be None, a mesh axis name or a tuple"),
 ]
 
 
