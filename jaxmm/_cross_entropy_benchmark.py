@@ -59,8 +59,14 @@ def _jax_cce() -> tuple[Callable[..., jax.Array], bool] | None:
 def _tokamax() -> tuple[Callable[..., jax.Array], bool] | None:
     try:
         import tokamax
+        from absl import flags
     except ImportError:
         return None
+    # Tokamax reads its options from absl flags, and on first use parses sys.argv for them: the
+    # arguments of whatever runs this (python -m jaxmm --quick, pytest -q), which it rejects.
+    # Marked as parsed, its flags keep their defaults.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
     def loss(x: jax.Array, w: jax.Array, labels: jax.Array) -> jax.Array:
         mean: jax.Array = tokamax.linear_softmax_cross_entropy_loss(
