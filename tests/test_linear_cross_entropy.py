@@ -373,15 +373,19 @@ def test_products_per_block(chunk_size, rng):
     # product and three in the backward pass, which recomputes the logits.
     x, w, labels, _ = _data(rng, tokens=(40,))
     options = dict(chunk_size=chunk_size)
-    for reduction, undifferentiated, differentiated in (
-        ("mean", 1, 3),
-        ("sum", 1, 3),
-        ("none", 1, 4),
+    for reduction, undifferentiated, differentiated, backward in (
+        ("mean", 1, 3, 0),
+        ("sum", 1, 3, 0),
+        ("none", 1, 4, 3),
     ):
         loss = _summed(reduction)
         assert _products(partial(loss, **options), x, w, labels) == undifferentiated
         step = jax.value_and_grad(partial(loss, **options), argnums=(0, 1))
         assert _products(step, x, w, labels) == differentiated, reduction
+        # The backward pass alone: a scalar's scales the kept dX and dW, no product.
+        _, pullback = jax.vjp(lambda x, w: loss(x, w, labels, **options), x, w)
+        jaxpr = str(jax.make_jaxpr(pullback)(jnp.float32(0.3)))
+        assert jaxpr.count("dot_general") == backward, reduction
 
 
 class _LanguageModel(nnx.Module):
