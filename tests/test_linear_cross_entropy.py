@@ -388,6 +388,15 @@ def test_products_per_block(chunk_size, rng):
         assert jaxpr.count("dot_general") == backward, reduction
 
 
+def test_a_gradient_not_asked_for_is_not_computed(rng):
+    # The forward pass forms dX and dW; under jit XLA drops the product of the one not returned
+    # (counted in the compiled program: the logits, and dU Wᵀ or Xᵀ dU).
+    x, w, labels, _ = _data(rng, tokens=(40,))
+    for argnums, products in ((0, 2), (1, 2), ((0, 1), 3)):
+        step = jax.jit(jax.grad(jaxmm.linear_cross_entropy, argnums=argnums))
+        assert step.lower(x, w, labels).compile().as_text().count(" dot(") == products, argnums
+
+
 class _LanguageModel(nnx.Module):
     def __init__(self, vocab, width, rngs):
         self.embed = nnx.Embed(vocab, width, rngs=rngs)
