@@ -178,7 +178,7 @@ def linear_cross_entropy_arrays(
 
 def linear_cross_entropy_options(
     reduction: Any, label_smoothing: Any, z_loss: Any, logit_soft_cap: Any, chunk_size: Any
-) -> tuple[str, float, float, float | None, int | None]:
+) -> tuple[str, float, float, float | None, int | tuple[int, int] | None]:
     """``linear_cross_entropy``'s options, checked, as Python values (static, hashable)."""
     name = "linear_cross_entropy"
     if reduction not in ("mean", "sum", "none"):
@@ -193,9 +193,28 @@ def linear_cross_entropy_options(
         if not logit_soft_cap > 0:
             raise ValueError(f"{name} logit_soft_cap must be None or > 0, got {logit_soft_cap}.")
     if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-            raise TypeError(f"{name} chunk_size must be None or an int, got {chunk_size!r}.")
-        chunk_size = int(chunk_size)
-        if chunk_size < 1:
+        sizes = (
+            chunk_size if isinstance(chunk_size, tuple) and len(chunk_size) == 2 else (chunk_size,)
+        )
+        if any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) for n in sizes):
+            raise TypeError(
+                f"{name} chunk_size must be None or an int (or a pair of ints: tokens, columns), "
+                f"got {chunk_size!r}."
+            )
+        if any(n < 1 for n in sizes):
             raise ValueError(f"{name} chunk_size must be positive, got {chunk_size}.")
+        chunk_size = tuple(int(n) for n in sizes) if len(sizes) == 2 else int(sizes[0])
     return reduction, label_smoothing, z_loss, logit_soft_cap, chunk_size
+
+
+def linear_cross_entropy_axes(axis_name: Any) -> tuple[str, ...]:
+    """``axis_name`` as a tuple of mesh axis names (``None``: none)."""
+    if axis_name is None:
+        return ()
+    axes = (axis_name,) if isinstance(axis_name, str) else axis_name
+    if not isinstance(axes, (tuple, list)) or not axes or not all(isinstance(a, str) for a in axes):
+        raise TypeError(
+            "linear_cross_entropy axis_name must be None, a mesh axis name or a tuple of them, "
+            f"got {axis_name!r}."
+        )
+    return tuple(axes)

@@ -33,22 +33,48 @@ returns ``m[n] ℓ[n]``, so ``g[n] = m[n] ḡ[n]``; ``"sum"`` returns ``Σ_n m[n
 ``g[n] = m[n] ḡ``; ``"mean"`` returns ``Σ_n m[n] ℓ[n] / Σ_n m[n]``, so ``g[n] = m[n] ḡ / Σ_n m[n]``
 (zero, not 0/0, when no token is kept, as for ``jnp.mean(..., where=m)``).
 
-In chunks
+In blocks
 ---------
-Every sum over ``v`` above is a sum over vocabulary chunks, and each chunk needs only its own
-logits and the per-token ``lse``. The forward pass accumulates ``lse`` online (a running maximum
-and the sum of exponentials rescaled to it), ``z[y]`` and ``Σ_v z[v]``, then keeps ``lse``: one
-number per token. The backward pass recomputes each chunk's ``u`` from ``X`` and ``W`` (one product
-more than autodiff does, in exchange for never holding ``[tokens, V]``), forms the chunk's ``dU``,
-adds ``dU Wᵀ`` to ``dX`` and writes ``Xᵀ dU`` into that chunk's columns of ``dW``. A last chunk
-that would run past ``V`` is moved back to end at ``V``; its columns already counted are left out.
+Every sum over ``v`` above is a sum over vocabulary chunks, and every sum over ``n`` one over
+tiles of tokens: the loops run over blocks of ``[tile, chunk]`` logits and never hold
+``[tokens, V]``. Each block needs its own logits and the per-token ``lse``, which needs the whole
+row. Undifferentiated, a tile accumulates ``lse`` online over its chunks (a running maximum ``m``
+and the sum of exponentials rescaled to it, ``Σ exp(z − m) = Σ exp(z − m') exp(m' − m)``), ``z[y]``
+and ``Σ_v z[v]``: one product per block.
 
-With the vocabulary sharded over devices (``W``'s last axis along mesh axes, explicit sharding),
-each device runs the same loop over its own columns. The sums over ``v`` become per-device partial
-sums combined by an all-reduce of one number per token (``pmax`` of the running maxima first, to
-rescale the sums of exponentials); ``dX``'s sum over ``v`` is one all-reduce at the end; ``dW``'s
-sum over tokens is one all-reduce over the mesh axes that shard the tokens. Neither ``W`` nor any
-logits cross devices.
+Differentiated, a scalar reduction (``"mean"``, ``"sum"``) has one cotangent ``ḡ`` for all
+tokens, and ``g[n] = ḡ γ[n]`` with ``γ[n] = m[n]`` (sum) or ``m[n] / Σ_n m[n]`` (mean) known in
+the forward pass. ``dU`` is linear in ``g``, so ``dX = ḡ dX₁`` and ``dW = ḡ dW₁`` with
+``dX₁, dW₁`` the gradients for ``g = γ``. The forward pass forms those, and the backward pass only
+multiplies them by ``ḡ``: three products in all (the logits, ``dU Wᵀ``, ``Xᵀ dU``), where
+recomputing the logits in the backward pass makes four.
+
+The forward pass can form ``dU`` only once it has ``lse``, the whole row's. Why not online, like
+``lse``: with ``l[n]`` the log-sum-exp of the chunks seen so far,
+
+    dW₁[i, v] = Σ_n X[n, i] γ[n] ((1 + 2 ζ lse[n]) exp(z[n, v] − l[n]) exp(l[n] − lse[n]) − t[n, v])
+
+needs a correction ``exp(l[n] − lse[n])`` (and ``lse[n]`` in the z-loss factor) that differs from
+token to token, inside a sum over the tokens: a column of ``dW₁`` already summed cannot be
+corrected afterwards (a row of ``dX₁``, one token's, could). So the loop runs over tiles of tokens,
+each holding its whole row of logits ``[tile, V]`` (the tile chosen so that this stays a small
+block): the logits (product one), their ``lse`` and loss; then, chunk by chunk of that row,
+``dU``, the tile's rows of ``dX₁ += dU W_chunkᵀ`` (product two) and the chunk's columns of
+``dW₁ += X_tileᵀ dU`` (product three). Exact, with no rescaling. It keeps ``dX₁`` and ``dW₁``:
+the size of ``x`` and ``w`` (in their dtype), which the gradient step returns anyway, in place of
+``x`` and ``w`` themselves, which a recomputing backward pass keeps. ``reduction="none"`` has a
+cotangent per token, known only in the backward pass, which recomputes each block's logits from
+``x``, ``w`` and ``lse``.
+
+A last tile (chunk) that would run past the tokens (``V``) is moved back to end there: its rows
+(columns) already counted are rewritten with the same values, and left out of the sums.
+
+With the vocabulary sharded over devices (``W``'s last axis along mesh axes, by explicit sharding
+or by ``axis_name`` inside the caller's ``shard_map``), each device runs the same loops over its
+own columns. The sums over ``v`` become per-device partial sums combined by an all-reduce of one
+number per token (``pmax`` of the maxima first, to rescale the sums of exponentials); ``dX``'s sum
+over ``v`` is one all-reduce of ``[tokens, d]``; ``dW``'s sum over tokens is one all-reduce over the
+mesh axes that shard the tokens. Neither ``W`` nor any logits cross devices.
 """
 
 from __future__ import annotations
@@ -59,12 +85,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from ._checks import (
     linear_cross_entropy_arrays,
+    linear_cross_entropy_axes,
     linear_cross_entropy_options,
 )
-from ._cross_entropy_chunks import LossOptions, backward_chunks, forward_chunks
+from ._compat import cast_to_varying, varying_axes
+from ._cross_entropy_blocks import LossOptions, accumulation_dtype
+from ._cross_entropy_chunks import backward_chunks, forward_chunks, gradient_chunks
 from ._dot_general import match_varying_axes
 from ._mesh import lay_out, on_mesh, restore
 from ._options import Options
@@ -84,16 +114,20 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     logit_soft_cap: float | None = None,
     precision: PrecisionLike = None,
-    chunk_size: int | None = None,
+    chunk_size: int | tuple[int, int] | None = None,
+    axis_name: str | tuple[str, ...] | None = None,
 ) -> jax.Array:
     """Softmax cross-entropy of the logits ``x @ w`` against integer labels, without the logits.
 
     The same loss as ``optax.softmax_cross_entropy_with_integer_labels(x @ w, labels)`` (with
     optax's label smoothing, a z-loss and a logit soft cap as options), computed and
-    differentiated one chunk of the vocabulary at a time: neither pass holds more than one
-    ``[tokens, chunk]`` block of logits, and the backward pass needs only ``x``, ``w``, the labels,
-    the mask and one float32 log-sum-exp per token. For each token, with ``z = x w`` accumulated
-    in float32 (``z = c tanh(z / c)`` when ``logit_soft_cap=c``) and ``lse = logsumexp(z)``::
+    differentiated one block of ``[tile tokens, chunk columns]`` logits at a time, never holding
+    ``[tokens, V]``. Differentiated, the ``"mean"`` and ``"sum"`` losses form their gradients in
+    the forward pass (three products, as autodiff of ``x @ w`` does) and keep them for the
+    backward pass, which scales them by the cotangent; ``"none"`` keeps one log-sum-exp per token
+    and recomputes the logits in the backward pass (four products). For each token, with
+    ``z = x w`` accumulated in float32 (``z = c tanh(z / c)`` when ``logit_soft_cap=c``) and
+    ``lse = logsumexp(z)``::
 
       loss = lse − (1 − ε) z[label] − ε mean(z) + z_loss · lse²     (ε = label_smoothing)
 
@@ -113,8 +147,16 @@ def linear_cross_entropy(
       z_loss: coefficient (≥ 0) of ``lse²``, which keeps the log-normaliser near zero.
       logit_soft_cap: ``None`` or ``c > 0``: logits ``c tanh(z / c)``.
       precision: as in ``lax.dot_general``, for every product of both passes.
-      chunk_size: vocabulary columns per chunk; ``None`` picks about 2²³ logits per chunk
-        (1024 columns for 8192 tokens), at least 128 and at most ``V``.
+      chunk_size: ``None``: tiles of about 2²² / V tokens (at least 8) by the whole vocabulary
+        (128 tokens for V = 32768). An int: vocabulary columns per chunk (of the undifferentiated
+        loss and of ``"none"``'s backward pass; the tiles of a differentiated scalar loss always
+        hold whole rows), with tiles of about 2²² / chunk tokens; a pair: (tokens, columns).
+      axis_name: inside ``jax.shard_map``, the mesh axis (or tuple of axes) along which ``w``'s
+        columns are sharded: each device passes its own ``(d, V / devices)`` columns, the same
+        ``x`` and labels (global indices in ``[0, V)``), and gets the whole vocabulary's loss and
+        gradients; only per-token numbers and ``dX`` (``[tokens, d]``) cross devices. Outside
+        ``shard_map``, explicitly sharded arguments are laid out from their own shardings, with
+        or without ``jax.set_mesh``.
 
     Returns:
       float32 (float64 for float64 inputs) scalar, or shape ``(...)`` for ``"none"``.
@@ -123,7 +165,7 @@ def linear_cross_entropy(
     derived in the module's docstring)::
 
       dU = g ((1 + 2 z_loss lse) softmax(z) − targets) (1 − (z / c)²)
-      dX = dU Wᵀ        dW = Xᵀ dU           (chunk by chunk, accumulated in float32)
+      dX = dU Wᵀ        dW = Xᵀ dU           (block by block, accumulated in float32)
 
     Gradients come in the dtype of ``x`` and ``w``; labels and mask get none. Forward mode
     (``jax.jvp``) is refused with JAX's error for ``custom_vjp`` functions.
@@ -144,9 +186,18 @@ def linear_cross_entropy(
         checked = linear_cross_entropy_options(
             reduction, label_smoothing, z_loss, logit_soft_cap, chunk_size
         )
-        options = LossOptions(*checked, precision=Options.of(precision).precision)
+        precision = Options.of(precision).precision
+        options = LossOptions(
+            *checked, precision=precision, axis_name=linear_cross_entropy_axes(axis_name)
+        )
         loss: jax.Array = _checked_linear_cross_entropy(x, w, labels, mask, options)
         return loss
+
+
+def _vary_like(a: jax.Array, like: jax.Array) -> jax.Array:
+    """``a``, marked as varying along the ``shard_map`` axes that ``like`` varies along."""
+    axes = tuple(sorted(varying_axes(like) - varying_axes(a)))
+    return cast_to_varying(a, axes) if axes else a
 
 
 @staged(4)
@@ -154,9 +205,20 @@ def _checked_linear_cross_entropy(
     x: jax.Array, w: jax.Array, labels: jax.Array, mask: jax.Array, options: LossOptions
 ) -> jax.Array:
     token_shape = labels.shape
-    x, w, labels, mask, token_axes, vocab_axes, order = lay_out(x, w, labels, mask)
-    options = dataclasses.replace(options, token_axes=token_axes, vocab_axes=vocab_axes)
-    x, w = match_varying_axes(x, w)
+    if options.axis_name:  # inside the caller's shard_map: w holds this device's columns
+        x, labels, mask = x.reshape(-1, x.shape[-1]), labels.reshape(-1), mask.reshape(-1)
+        order = tuple(range(len(token_shape)))
+        vocab_size = w.shape[1] * lax.axis_size(options.axis_name)
+        options = dataclasses.replace(options, vocab_axes=options.axis_name)
+        # w varies like x (its cotangent then summed over x's devices by JAX); x stays the same
+        # along the vocabulary's axes, its cotangent summed here, and the loss as well.
+        w = _vary_like(w, x)
+    else:
+        x, w, labels, mask, token_axes, vocab_axes, order = lay_out(x, w, labels, mask)
+        vocab_size = w.shape[1]
+        options = dataclasses.replace(options, token_axes=token_axes, vocab_axes=vocab_axes)
+        x, w = match_varying_axes(x, w)
+    options = dataclasses.replace(options, vocab_size=vocab_size)
     loss = _linear_cross_entropy(x, w, labels, mask, options)
     return restore(loss, token_shape, order) if options.reduction == "none" else loss
 
@@ -165,41 +227,70 @@ def _checked_linear_cross_entropy(
 def _linear_cross_entropy(
     x: jax.Array, w: jax.Array, labels: jax.Array, mask: jax.Array, options: LossOptions
 ) -> jax.Array:
-    return _linear_cross_entropy_fwd(x, w, labels, mask, options)[0]
+    # Not differentiated: the loss alone, one product per block.
+    losses, _ = _on_mesh(forward_chunks, options, ("tokens", "tokens"))(x, w, labels)
+    return _reduce(losses, labels, mask, options)
 
 
 def _linear_cross_entropy_fwd(
     x: jax.Array, w: jax.Array, labels: jax.Array, mask: jax.Array, options: LossOptions
 ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    losses, lse = _on_mesh(forward_chunks, options, w, "vectors")(x, w, labels)
-    valid = (labels >= 0) & (labels < w.shape[1])
-    losses = jnp.where(mask, jnp.where(valid, losses, jnp.nan), 0)
-    if options.reduction == "none":
-        loss = losses
-    else:
-        loss = jnp.sum(losses)
-        if options.reduction == "mean":
-            loss = loss / jnp.sum(mask, dtype=loss.dtype)  # NaN when no token is kept
-    return loss, (x, w, labels, mask, lse)
+    if options.reduction == "none":  # a cotangent per token, known only in the backward pass
+        losses, lse = _on_mesh(forward_chunks, options, ("tokens", "tokens"))(x, w, labels)
+        return _reduce(losses, labels, mask, options), (x, w, labels, mask, lse)
+    # A scalar's: dX = ḡ dX₁, dW = ḡ dW₁, with dX₁ and dW₁ formed now, for g = γ (docstring).
+    unit = _token_cotangent(jnp.ones((), accumulation_dtype(x)), labels, mask, options)
+    returns = ("tokens", "x", "w")
+    losses, dx, dw = _on_mesh(gradient_chunks, options, returns)(x, w, labels, unit)
+    return _reduce(losses, labels, mask, options), (dx.astype(x.dtype), dw.astype(w.dtype))
 
 
 def _linear_cross_entropy_bwd(
     options: LossOptions, residuals: tuple[jax.Array, ...], cotangent: jax.Array
 ) -> tuple[jax.Array, jax.Array, None, None]:
+    if options.reduction != "none":
+        dx, dw = residuals
+        return cotangent.astype(dx.dtype) * dx, cotangent.astype(dw.dtype) * dw, None, None
     x, w, labels, mask, lse = residuals
-    # g[n]: the reduction's derivative (module docstring); a dropped token's is 0, not 0/0.
-    if options.reduction == "mean":
-        cotangent = cotangent / jnp.sum(mask, dtype=cotangent.dtype)
-    token_cotangent = jnp.where(mask, cotangent, 0)
-    valid = (labels >= 0) & (labels < w.shape[1])
-    token_cotangent = jnp.where(valid | ~mask, token_cotangent, jnp.nan)
-    dx, dw = _on_mesh(backward_chunks, options, w, "operands")(x, w, labels, lse, token_cotangent)
+    token_cotangent = _token_cotangent(cotangent, labels, mask, options)
+    returns = ("x", "w")
+    dx, dw = _on_mesh(backward_chunks, options, returns)(x, w, labels, lse, token_cotangent)
     return dx.astype(x.dtype), dw.astype(w.dtype), None, None
 
 
 _linear_cross_entropy.defvjp(_linear_cross_entropy_fwd, _linear_cross_entropy_bwd)
 
 
-def _on_mesh(kernel: Any, options: LossOptions, w: jax.Array, returns: str) -> Any:
-    function = partial(kernel, options=options, vocab_size=w.shape[1])  # V: all devices' columns
+def _reduce(
+    losses: jax.Array, labels: jax.Array, mask: jax.Array, options: LossOptions
+) -> jax.Array:
+    """The reduction of the kept tokens' losses; NaN for a kept token with a label out of range."""
+    losses = jnp.where(mask, jnp.where(_valid(labels, options), losses, jnp.nan), 0)
+    if options.reduction == "none":
+        return losses
+    loss = jnp.sum(losses)
+    if options.reduction == "mean":
+        loss = loss / jnp.sum(mask, dtype=loss.dtype)  # NaN when no token is kept
+    return loss
+
+
+def _token_cotangent(
+    cotangent: jax.Array, labels: jax.Array, mask: jax.Array, options: LossOptions
+) -> jax.Array:
+    """``g[n]``, the reduction's derivative (module docstring); a dropped token's is 0, not 0/0,
+    and a kept token's with a label out of range NaN."""
+    if options.reduction == "mean":
+        cotangent = cotangent / jnp.sum(mask, dtype=cotangent.dtype)
+    token_cotangent = jnp.where(mask, cotangent, 0)
+    return jnp.where(_valid(labels, options) | ~mask, token_cotangent, jnp.nan)
+
+
+def _valid(labels: jax.Array, options: LossOptions) -> jax.Array:
+    return (labels >= 0) & (labels < options.vocab_size)
+
+
+def _on_mesh(kernel: Any, options: LossOptions, returns: tuple[str, ...]) -> Any:
+    function = partial(kernel, options=options, vocab_size=options.vocab_size)
+    if options.axis_name:  # already per device, in the caller's shard_map
+        return function
     return on_mesh(function, options.token_axes, options.vocab_axes, returns)

@@ -1,14 +1,15 @@
 """The linear cross-entropy section of ``python -m jaxmm``: the jitted loss and both gradients of
 :func:`jaxmm.linear_cross_entropy` against the naive formulation (the logits ``x @ w``
-materialised, JAX's autodiff), side by side in one run.
+materialised, JAX's autodiff) and the peers installed, side by side in one run.
 
 - Memory: XLA's compiled temporaries (``memory_analysis().temp_size_in_bytes``) of the step.
   Compiled only, nothing runs, so sizes where the logits take GiBs cost seconds.
-- Time: the median of interleaved repeats of the step, at a size that runs in a fraction of a
-  second per step.
+- Time: the median of interleaved repeats of the step (``jax.jit(jax.value_and_grad(loss))``).
 
-jax-cce (``pip install jax-cce``), another chunked linear cross-entropy for JAX, is timed and
-measured alongside when it is installed: an optional peer, never a dependency.
+The peers, each measured when installed (``pip install jaxmm[cross-entropy]``) and named as not run
+otherwise: jax-cce (``jax_cce.linear_cross_entropy``, a chunked linear cross-entropy for JAX) and
+Tokamax (``tokamax.linear_softmax_cross_entropy_loss``, whose XLA implementation, the one for
+CPUs and GPUs, forms the logits). Optional peers, never dependencies.
 """
 
 from __future__ import annotations
@@ -24,11 +25,19 @@ import jax.numpy as jnp
 
 from ._cross_entropy import linear_cross_entropy
 
-# tokens, d, vocab: memory at sizes where the logits dominate, time at a smaller size.
-MEMORY_SIZES = ((8192, 1024, 32768), (8192, 1024, 65536), (8192, 1024, 131072))
+# tokens, d, vocab: memory at sizes where the logits dominate (up to 4 GiB of them; compiled
+# only), time at sizes that run in seconds per step.
+MEMORY_SIZES = (
+    (1024, 512, 8192),
+    (4096, 256, 32768),
+    (8192, 1024, 32768),
+    (8192, 1024, 65536),
+    (8192, 1024, 131072),
+)
 QUICK_MEMORY_SIZES = ((4096, 512, 32768),)
-TIME_SIZE = (1024, 512, 8192)
+TIME_SIZES = ((1024, 512, 8192), (2048, 512, 16384), (4096, 256, 32768))
 QUICK_TIME_SIZE = (512, 256, 4096)
+PEERS = ("jax-cce", "tokamax")
 
 
 def naive_loss(x: jax.Array, w: jax.Array, labels: jax.Array) -> jax.Array:
@@ -38,26 +47,42 @@ def naive_loss(x: jax.Array, w: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(jax.nn.logsumexp(logits, axis=1) - label_logits)
 
 
-def _peer() -> Callable[..., jax.Array] | None:
-    """jax-cce's loss, taking ``w`` as ``(d, V)`` like the others, or None without it."""
+def _jax_cce() -> tuple[Callable[..., jax.Array], bool] | None:
+    """jax-cce's loss (it takes ``w`` transposed, ``(V, d)``), or None without it."""
     try:
         import jax_cce
     except ImportError:
         return None
+    return jax_cce.linear_cross_entropy, True
 
-    def loss(x: jax.Array, w_transposed: jax.Array, labels: jax.Array) -> jax.Array:
-        result: jax.Array = jax_cce.linear_cross_entropy(x, w_transposed, labels)
-        return result
 
-    return loss
+def _tokamax() -> tuple[Callable[..., jax.Array], bool] | None:
+    try:
+        import tokamax
+        from absl import flags
+    except ImportError:
+        return None
+    # Tokamax reads its options from absl flags, and on first use parses sys.argv for them: the
+    # arguments of whatever runs this (python -m jaxmm --quick, pytest -q), which it rejects.
+    # Marked as parsed, its flags keep their defaults.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+    def loss(x: jax.Array, w: jax.Array, labels: jax.Array) -> jax.Array:
+        mean: jax.Array = tokamax.linear_softmax_cross_entropy_loss(
+            x, labels, w, reduction="mean", implementation="xla"
+        )
+        return mean
+
+    return loss, False
 
 
 def _losses() -> dict[str, tuple[Callable[..., jax.Array], bool]]:
-    """name: (loss, whether it takes ``w`` transposed, ``(V, d)``)."""
+    """name: (loss, whether it takes ``w`` transposed, ``(V, d)``), for those installed."""
     losses = {"jaxmm": (linear_cross_entropy, False), "naive": (naive_loss, False)}
-    peer = _peer()
-    if peer is not None:
-        losses["jax-cce"] = (peer, True)
+    for name, peer in (("jax-cce", _jax_cce()), ("tokamax", _tokamax())):
+        if peer is not None:
+            losses[name] = peer
     return losses
 
 
@@ -114,7 +139,15 @@ class TimeRow:
         return asdict(self)
 
 
-def step_time(size: tuple[int, int, int] = TIME_SIZE, repeats: int = 5) -> TimeRow:
+@dataclass
+class Timings:
+    rows: list[TimeRow]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def step_time(size: tuple[int, int, int], repeats: int = 5) -> TimeRow:
     tokens, d, vocab = size
     functions = {
         name: (_step(loss), _arguments(tokens, d, vocab, transposed, abstract=False))
@@ -132,29 +165,37 @@ def step_time(size: tuple[int, int, int] = TIME_SIZE, repeats: int = 5) -> TimeR
     return TimeRow(tokens, d, vocab, ms, {name: t / ms["naive"] for name, t in ms.items()})
 
 
-def report(quick: bool = False) -> tuple[list[MemoryRow], TimeRow, str]:
-    """Both measurements and their printed table."""
+def report(quick: bool = False) -> tuple[list[MemoryRow], Timings, str]:
+    """Both measurements and their printed tables."""
     rows = memory(QUICK_MEMORY_SIZES if quick else MEMORY_SIZES)
-    timing = step_time(QUICK_TIME_SIZE if quick else TIME_SIZE, repeats=3 if quick else 5)
+    sizes = (QUICK_TIME_SIZE,) if quick else TIME_SIZES
+    timings = Timings([step_time(size, repeats=3 if quick else 5) for size in sizes])
     names = list(rows[0].temp_bytes)
     mib = 2**20
     lines = [
-        "linear cross-entropy: jitted loss + gradients of x and w, float32; compiled temporaries",
-        f"{'tokens x d x V':<20} {'logits MiB':>10}"
-        + "".join(f" {name + ' MiB':>12}" for name in names)
-        + f" {'jaxmm/logits':>12}",
+        "linear cross-entropy: jitted loss + gradients of x and w, float32",
+        "compiled temporaries, MiB (and / the logits' bytes)",
+        f"{'tokens x d x V':<20} {'logits':>8}" + "".join(f" {name:>16}" for name in names),
     ]
     for r in rows:
         lines.append(
-            f"{f'{r.tokens}x{r.d}x{r.vocab}':<20} {r.logits_bytes / mib:10.0f}"
-            + "".join(f" {r.temp_bytes[name] / mib:12.1f}" for name in names)
-            + f" {r.temp_bytes['jaxmm'] / r.logits_bytes:12.3f}"
+            f"{f'{r.tokens}x{r.d}x{r.vocab}':<20} {r.logits_bytes / mib:8.0f}"
+            + "".join(
+                f" {r.temp_bytes[n] / mib:8.1f} ({r.temp_bytes[n] / r.logits_bytes:5.3f})"
+                for n in names
+            )
         )
-    t = timing
-    lines.append(
-        f"step time at {t.tokens}x{t.d}x{t.vocab}, median of interleaved repeats: "
-        + ", ".join(f"{name} {t.ms[name]:.1f} ms ({t.ratio[name]:.2f}x naive)" for name in t.ms)
-    )
-    if "jax-cce" not in names:
-        lines.append("jax-cce peer not run (pip install jax-cce to add it)")
-    return rows, timing, "\n".join(lines)
+    lines += [
+        "step time, ms (and / the naive loss's), median of interleaved repeats",
+        f"{'tokens x d x V':<20}" + "".join(f" {name:>16}" for name in names),
+    ]
+    for t in timings.rows:
+        lines.append(
+            f"{f'{t.tokens}x{t.d}x{t.vocab}':<20}"
+            + "".join(f" {t.ms[n]:8.1f} ({t.ratio[n]:5.2f})" for n in names)
+        )
+    missing = [peer for peer in PEERS if peer not in names]
+    if missing:
+        install = "pip install jaxmm[cross-entropy]"
+        lines.append(f"not installed, not run: {', '.join(missing)} ({install})")
+    return rows, timings, "\n".join(lines)

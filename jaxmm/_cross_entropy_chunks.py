@@ -1,75 +1,116 @@
-"""``linear_cross_entropy``'s two passes over the vocabulary, one chunk of columns at a time (the
-derivation, and why in chunks: :mod:`jaxmm._cross_entropy`): the forward pass's online
-log-sum-exp and the backward pass's ``dX = dU Wᵀ`` and ``dW = Xᵀ dU``, each over this device's
-columns, combined across devices by the collectives the module docstring of
-:mod:`jaxmm._cross_entropy` names."""
+"""``linear_cross_entropy``'s loops, one block of ``[tile tokens, chunk columns]`` logits at a time
+(the derivation, and why in blocks: :mod:`jaxmm._cross_entropy`).
+
+- :func:`forward_chunks`: the loss alone, one product per block (an online log-sum-exp over the
+  chunks of each tile of tokens).
+- :func:`gradient_chunks`: the loss, ``dX`` and ``dW`` of a scalar reduction in one pass, three
+  products per tile of tokens, which holds its whole row of logits ``[tile, V]``.
+- :func:`backward_chunks`: ``dX`` and ``dW`` for per-token cotangents (``reduction="none"``), the
+  logits recomputed block by block from the forward pass's ``lse``.
+
+Each runs over this device's vocabulary columns (and tokens); the collectives that combine devices
+are named in :mod:`jaxmm._cross_entropy`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from ._compat import cast_to_varying, varying_axes
-
-# chunk_size=None: about 2^23 logits per chunk (32 MiB in float32), from 128 to V columns.
-_CHUNK_ELEMENTS = 2**23
-_MIN_CHUNK = 128
-
-
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class LossOptions:
-    """The static options, canonicalised, and the mesh axes sharding the tokens / vocabulary."""
-
-    reduction: str
-    label_smoothing: float
-    z_loss: float
-    soft_cap: float | None
-    chunk_size: int | None
-    precision: Any
-    token_axes: tuple[str, ...] = ()
-    vocab_axes: tuple[str, ...] = ()
+from ._cross_entropy_blocks import (
+    LossOptions,
+    Stats,
+    accumulation_dtype,
+    block_count,
+    chunk_columns,
+    chunk_logits,
+    chunk_start,
+    combine,
+    dw_chunk,
+    logit_gradient,
+    merge,
+    statistics,
+    sum_over_devices,
+    tiling,
+    token_loss,
+    token_tile,
+    varying_zeros,
+    vocab_offset,
+)
 
 
 def forward_chunks(
     x: jax.Array, w: jax.Array, labels: jax.Array, options: LossOptions, vocab_size: int
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-token loss ``ℓ`` (labels not checked) and ``lse``, over this device's columns."""
-    chunk, chunks, offset = _chunking(x, w, options)
-    zeros = _varying_zeros((x.shape[0],), _accumulation_dtype(x), x, w)
+    """Per-token loss ``ℓ`` (labels not checked) and ``lse``: one product per block."""
+    tile, chunk = tiling(x, w, options)
+    offset = vocab_offset(w, options)
 
-    def add_chunk(k: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-        running_max, exp_sum, label_logit, logit_sum = carry
-        z, fresh, is_label = _chunk_logits(x, w, labels, k, chunk, offset, options)
-        new_max = jnp.maximum(running_max, jnp.max(jnp.where(fresh, z, -jnp.inf), axis=1))
-        exp_sum = exp_sum * jnp.exp(running_max - new_max) + jnp.sum(
-            jnp.where(fresh, jnp.exp(z - new_max[:, None]), 0), axis=1
+    def add_tile(k: jax.Array, stats: Stats) -> Stats:
+        start, x_tile, labels_tile, _ = token_tile(k, tile, x, labels)
+        tile_stats = _tile_statistics(x_tile, w, labels_tile, chunk, offset, options)
+        # A last tile moved back rewrites its earlier rows with the same values.
+        maximum, exp_sum, label_logit, logit_sum = (
+            lax.dynamic_update_slice_in_dim(s, t, start, 0) for s, t in zip(stats, tile_stats)
         )
-        label_logit = label_logit + jnp.sum(jnp.where(is_label, z, 0), axis=1)
-        logit_sum = logit_sum + jnp.sum(jnp.where(fresh, z, 0), axis=1)
-        return new_max, exp_sum, label_logit, logit_sum
+        return maximum, exp_sum, label_logit, logit_sum
 
-    carry = (zeros - jnp.inf, zeros, zeros, zeros)
-    running_max, exp_sum, label_logit, logit_sum = lax.fori_loop(0, chunks, add_chunk, carry)
-    if options.vocab_axes:  # the other devices' columns: rescale to the largest maximum
-        largest = lax.pmax(running_max, options.vocab_axes)
-        exp_sum = exp_sum * jnp.exp(running_max - largest)
-        exp_sum, label_logit, logit_sum = lax.psum(
-            (exp_sum, label_logit, logit_sum), options.vocab_axes
+    zeros = varying_zeros((x.shape[0],), accumulation_dtype(x), x, w)
+    stats = lax.fori_loop(0, block_count(x.shape[0], tile), add_tile, (zeros,) * 4)
+    lse, label_logit, logit_sum = combine(stats, options)
+    return token_loss(lse, label_logit, logit_sum, options, vocab_size), lse
+
+
+def gradient_chunks(
+    x: jax.Array,
+    w: jax.Array,
+    labels: jax.Array,
+    token_cotangent: jax.Array,
+    options: LossOptions,
+    vocab_size: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-token loss, ``dX = dU Wᵀ`` and ``dW = Xᵀ dU`` with ``g = token_cotangent``: per tile,
+    its row of logits (one product) and their ``lse``, then chunk by chunk of the row ``dU``,
+    ``dX`` and ``dW`` (two more)."""
+    tile, _ = tiling(x, w, options, "whole rows")
+    chunk = dw_chunk(w, tile)
+    offset = vocab_offset(w, options)
+    dtype = accumulation_dtype(x)
+
+    def add_tile(k: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        losses, dx, dw = carry
+        start, x_tile, labels_tile, fresh_rows = token_tile(k, tile, x, labels)
+        z, fresh, label_column = chunk_logits(
+            x_tile, w, labels_tile, 0, w.shape[1], offset, options
         )
-        running_max = largest
-    lse = running_max + jnp.log(exp_sum)
-    smoothing = options.label_smoothing
-    loss = lse - (1 - smoothing) * label_logit + options.z_loss * lse**2
-    if smoothing:
-        loss = loss - smoothing / vocab_size * logit_sum
-    return loss, lse
+        lse, label_logit, logit_sum = combine(statistics(z, fresh, label_column), options)
+        g = lax.dynamic_slice_in_dim(token_cotangent, start, tile)
+        add_products = _chunk_products(x_tile, fresh_rows, w, chunk, options)
+
+        def add_chunk(c: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
+            column = chunk_start(c, chunk, w.shape[1])
+            z_chunk = lax.dynamic_slice_in_dim(z, column, chunk, axis=1)
+            fresh, label_column = chunk_columns(column, c, chunk, offset, labels_tile)
+            du = logit_gradient(z_chunk, fresh, label_column, lse, g, options, vocab_size)
+            return add_products(du.astype(x.dtype), column, *carry)
+
+        dx_tile = varying_zeros(x_tile.shape, dtype, x, w)
+        dx_tile, dw = lax.fori_loop(0, block_count(w.shape[1], chunk), add_chunk, (dx_tile, dw))
+        loss = token_loss(lse, label_logit, logit_sum, options, vocab_size)
+        losses = lax.dynamic_update_slice_in_dim(losses, loss, start, 0)
+        return losses, lax.dynamic_update_slice_in_dim(dx, dx_tile, start, 0), dw
+
+    carry = (
+        varying_zeros((x.shape[0],), dtype, x),  # combined over the columns: varies like x
+        varying_zeros(x.shape, dtype, x, w),
+        varying_zeros(w.shape, dtype, x, w),
+    )
+    losses, dx, dw = lax.fori_loop(0, block_count(x.shape[0], tile), add_tile, carry)
+    return (losses, *sum_over_devices(dx, dw, x, w, options))
 
 
 def backward_chunks(
@@ -81,89 +122,71 @@ def backward_chunks(
     options: LossOptions,
     vocab_size: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """``dX = dU Wᵀ`` and ``dW = Xᵀ dU``, ``dU`` formed one chunk of columns at a time."""
-    chunk, chunks, offset = _chunking(x, w, options)
-    dtype = _accumulation_dtype(x)
-    smoothing, cap = options.label_smoothing, options.soft_cap
-    softmax_scale = (1 + 2 * options.z_loss * lse)[:, None] * token_cotangent[:, None]
-    target_scale = token_cotangent[:, None]
-    dot = partial(lax.dot_general, precision=options.precision, preferred_element_type=dtype)
+    """``dX = dU Wᵀ`` and ``dW = Xᵀ dU``, ``dU`` recomputed one block at a time."""
+    tile, chunk = tiling(x, w, options, "dw")
+    offset = vocab_offset(w, options)
+    dtype = accumulation_dtype(x)
 
-    def add_chunk(k: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
+    def add_tile(k: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
         dx, dw = carry
-        z, fresh, is_label = _chunk_logits(x, w, labels, k, chunk, offset, options)
-        targets = (1 - smoothing) * is_label + smoothing / vocab_size
-        dz = softmax_scale * jnp.exp(z - lse[:, None]) - target_scale * targets
-        if cap is not None:
-            dz = dz * (1 - (z / cap) ** 2)
-        du = jnp.where(fresh, dz, 0).astype(x.dtype)  # the products run in the inputs' dtype
-        start = _chunk_start(k, chunk, w.shape[1])
-        w_chunk = lax.dynamic_slice_in_dim(w, start, chunk, axis=1)
-        dx = dx + dot(du, w_chunk, (((1,), (1,)), ((), ())))  # dU Wᵀ, summed over v
-        dw_chunk = dot(x, du, (((0,), (0,)), ((), ())))  # Xᵀ dU; zero in the columns not fresh
-        dw_old = lax.dynamic_slice_in_dim(dw, start, chunk, axis=1)
-        return dx, lax.dynamic_update_slice_in_dim(dw, dw_old + dw_chunk, start, axis=1)
+        start, x_tile, labels_tile, fresh_rows = token_tile(k, tile, x, labels)
+        lse_tile = lax.dynamic_slice_in_dim(lse, start, tile)
+        g = lax.dynamic_slice_in_dim(token_cotangent, start, tile)
+        add_products = _chunk_products(x_tile, fresh_rows, w, chunk, options)
 
-    carry = (_varying_zeros(x.shape, dtype, x, w), _varying_zeros(w.shape, dtype, x, w))
-    dx, dw = lax.fori_loop(0, chunks, add_chunk, carry)
-    if options.vocab_axes:  # dX sums over every device's columns
-        dx = lax.psum(dx, options.vocab_axes)
-    if options.token_axes:  # dW sums over every device's tokens
-        dw = lax.psum(dw, options.token_axes)
-    return dx, dw
+        def add_chunk(c: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
+            z, fresh, label_column = chunk_logits(x_tile, w, labels_tile, c, chunk, offset, options)
+            du = logit_gradient(z, fresh, label_column, lse_tile, g, options, vocab_size)
+            return add_products(du.astype(x.dtype), chunk_start(c, chunk, w.shape[1]), *carry)
+
+        dx_tile = varying_zeros(x_tile.shape, dtype, x, w)
+        dx_tile, dw = lax.fori_loop(0, block_count(w.shape[1], chunk), add_chunk, (dx_tile, dw))
+        return lax.dynamic_update_slice_in_dim(dx, dx_tile, start, 0), dw
+
+    carry = (varying_zeros(x.shape, dtype, x, w), varying_zeros(w.shape, dtype, x, w))
+    dx, dw = lax.fori_loop(0, block_count(x.shape[0], tile), add_tile, carry)
+    return sum_over_devices(dx, dw, x, w, options)
 
 
-def _chunking(x: jax.Array, w: jax.Array, options: LossOptions) -> tuple[int, int, jax.Array]:
-    """Columns per chunk, number of chunks, and this device's first vocabulary index."""
-    tokens, columns = x.shape[0], w.shape[1]
-    chunk = options.chunk_size or max(_MIN_CHUNK, _CHUNK_ELEMENTS // max(tokens, 1) // 128 * 128)
-    chunk = min(chunk, columns)
-    offset = lax.axis_index(options.vocab_axes) * columns if options.vocab_axes else 0
-    return chunk, -(-columns // chunk), jnp.asarray(offset)
+def _chunk_products(
+    x_tile: jax.Array, fresh_rows: jax.Array, w: jax.Array, chunk: int, options: LossOptions
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """``(du, column, dx_tile, dw) ↦`` the tile's ``dX += dU W_chunkᵀ`` and the chunk's columns of
+    ``dW += X_tileᵀ dU``, added in place (no ``[d, V]`` temporary). The products run in the
+    inputs' dtype, accumulated in float32; ``dU`` is 0 in the columns of an earlier chunk."""
+    dot = partial(
+        lax.dot_general,
+        precision=options.precision,
+        preferred_element_type=accumulation_dtype(x_tile),
+    )
+    x_fresh = jnp.where(fresh_rows, x_tile, 0)  # rows of an earlier tile: counted once in dW
+
+    def add(
+        du: jax.Array, column: jax.Array, dx_tile: jax.Array, dw: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        w_chunk = lax.dynamic_slice_in_dim(w, column, chunk, axis=1)
+        dx_tile = dx_tile + dot(du, w_chunk, (((1,), (1,)), ((), ())))  # dU Wᵀ: rows rewritable
+        dw_chunk = dot(x_fresh, du, (((0,), (0,)), ((), ())))
+        dw_old = lax.dynamic_slice_in_dim(dw, column, chunk, axis=1)
+        return dx_tile, lax.dynamic_update_slice_in_dim(dw, dw_old + dw_chunk, column, 1)
+
+    return add
 
 
-def _chunk_start(k: jax.Array, chunk: int, columns: int) -> jax.Array:
-    # The last chunk is moved back to end at the last column, rather than padding W.
-    return jnp.minimum(k * chunk, columns - chunk)
-
-
-def _chunk_logits(
+def _tile_statistics(
     x: jax.Array,
     w: jax.Array,
     labels: jax.Array,
-    k: jax.Array,
     chunk: int,
     offset: jax.Array,
     options: LossOptions,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Chunk ``k``'s logits ``z`` ``[tokens, chunk]``, which of its columns no earlier chunk
-    counted (``[1, chunk]``), and where each token's label is among those (``[tokens, chunk]``)."""
-    start = _chunk_start(k, chunk, w.shape[1])
-    w_chunk = lax.dynamic_slice_in_dim(w, start, chunk, axis=1)
-    z = lax.dot_general(
-        x,
-        w_chunk,
-        (((1,), (0,)), ((), ())),
-        precision=options.precision,
-        preferred_element_type=_accumulation_dtype(x),
-    )
-    if options.soft_cap is not None:
-        z = options.soft_cap * jnp.tanh(z / options.soft_cap)
-    column = start + lax.broadcasted_iota(np.int32, (1, chunk), 1)
-    fresh = column >= k * chunk
-    is_label = fresh & (offset + column == labels[:, None])
-    return z, fresh, is_label
+) -> Stats:
+    """A tile's statistics over this device's columns, merged chunk by chunk (online)."""
 
+    def add_chunk(c: jax.Array, stats: Stats) -> Stats:
+        return merge(stats, statistics(*chunk_logits(x, w, labels, c, chunk, offset, options)))
 
-def _accumulation_dtype(x: jax.Array) -> Any:
-    return jnp.promote_types(x.dtype, jnp.float32)
-
-
-def _varying_zeros(shape: tuple[int, ...], dtype: Any, *like: jax.Array) -> jax.Array:
-    """Zeros to start a loop's carry: inside ``shard_map``, varying along the mesh axes the
-    arrays ``like`` vary along, as the loop body's results do."""
-    zeros = jnp.zeros(shape, dtype)
-    axes = tuple(sorted(frozenset().union(*(varying_axes(a) for a in like))))
-    if not axes:
-        return zeros
-    return cast_to_varying(zeros, axes)
+    zeros = varying_zeros((x.shape[0],), accumulation_dtype(x), x, w)
+    start: Stats = (zeros - jnp.inf, zeros, zeros, zeros)
+    stats: Stats = lax.fori_loop(0, block_count(w.shape[1], chunk), add_chunk, start)
+    return stats

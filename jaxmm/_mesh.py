@@ -43,10 +43,16 @@ def lay_out(
     token_axes = tuple(a for a in token_axes if a not in vocab_axes)
     if not (token_axes or vocab_axes or _axes(x, 1) or _axes(w, 0) or _axes(labels, 0)):
         return x, w, labels, mask, (), (), order
-    tokens = P(token_axes or None)
-    x = jax.sharding.reshard(x, P(token_axes or None, None))
-    w = jax.sharding.reshard(w, P(None, vocab_axes or None))
-    labels, mask = jax.sharding.reshard(labels, tokens), jax.sharding.reshard(mask, tokens)
+    # The mesh the arrays carry, so that no jax.set_mesh context is needed.
+    mesh = next(m for m in (jax.typeof(a).sharding.mesh for a in (x, w, labels)) if not m.empty)
+
+    def reshard(array: jax.Array, *spec: Any) -> jax.Array:
+        resharded: jax.Array = jax.sharding.reshard(array, jax.NamedSharding(mesh, P(*spec)))
+        return resharded
+
+    tokens = token_axes or None
+    x, w = reshard(x, tokens, None), reshard(w, None, vocab_axes or None)
+    labels, mask = reshard(labels, tokens), reshard(mask, tokens)
     return x, w, labels, mask, token_axes, vocab_axes, order
 
 
@@ -66,18 +72,19 @@ def _axes(x: jax.Array, axis: int) -> Axes:
 
 
 def on_mesh(
-    function: Callable[..., Any], token_axes: Axes, vocab_axes: Axes, returns: str
+    function: Callable[..., Any], token_axes: Axes, vocab_axes: Axes, returns: tuple[str, ...]
 ) -> Callable[..., Any]:
     """``function(x, w, *vectors)`` on each device's rows of ``x`` (and of the ``[N]`` vectors)
-    and columns of ``w``; its results are ``[N]`` vectors (``returns="vectors"``) or arrays laid
-    out like ``x`` and ``w`` (``returns="operands"``)."""
+    and columns of ``w``; its results are laid out as ``returns`` names them: ``"tokens"`` an
+    ``[N]`` vector, ``"x"`` and ``"w"`` like ``x`` and ``w``."""
     if not (token_axes or vocab_axes):
         return function
     tokens, vocab = token_axes or None, vocab_axes or None
 
     def run(x: jax.Array, w: jax.Array, *vectors: jax.Array) -> Any:
         in_specs = (P(tokens, None), P(None, vocab), *(P(tokens) for _ in vectors))
-        out_specs = (P(tokens), P(tokens)) if returns == "vectors" else in_specs[:2]
+        layouts = {"tokens": P(tokens), "x": in_specs[0], "w": in_specs[1]}
+        out_specs = tuple(layouts[kind] for kind in returns)
         mesh = jax.typeof(w).sharding.mesh
         sharded = jax.shard_map(function, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
         return sharded(x, w, *vectors)

@@ -66,12 +66,12 @@ def cross_entropy_table(results: dict) -> str:
             + " | ".join(f"{r['temp_bytes'][n] / mib:.1f}" for n in names)
             + " |"
         )
-    t = section["time"]
-    lines += [
-        "",
-        f"step time at {t['tokens']} × {t['d']} × {t['vocab']}: "
-        + ", ".join(f"{n} {t['ms'][n]:.2f} ms ({t['ratio'][n]:.2f}x naive)" for n in t["ms"]),
-    ]
+    lines.append("")
+    for t in section["time"]["rows"]:
+        lines.append(
+            f"step time at {t['tokens']} × {t['d']} × {t['vocab']}: "
+            + ", ".join(f"{n} {t['ms'][n]:.2f} ms ({t['ratio'][n]:.2f}x naive)" for n in t["ms"])
+        )
     return "\n".join(lines)
 
 

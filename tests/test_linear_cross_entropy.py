@@ -1,6 +1,8 @@
 """linear_cross_entropy against the naive formulation (the logits ``x @ w`` materialised, optax's
 loss, JAX's autodiff): values and VJPs for every option, errors, transformations, memory."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from flax import nnx
 from reference import assert_close, saved_arrays, x64_context
 
 import jaxmm
+from jaxmm._cross_entropy_blocks import BLOCK_ELEMENTS
 from jaxmm.testing import check_vjp
 
 D, V = 16, 300  # V is not a multiple of the chunk (128): the last chunk overlaps the one before
@@ -92,6 +95,15 @@ def test_every_option_matches_the_naive_loss(option, rng):
     _check(rng, dict(OPTIONS[option], reduction="none", chunk_size=64), masked=True)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("option", OPTIONS)
+def test_every_option_of_a_scalar_loss_matches_the_naive_loss(option, reduction, rng):
+    # The gradients formed in the forward pass, scaled by a random cotangent in the backward
+    # pass; tiles of 4 of the 15 tokens (the last one moved back over rows already counted).
+    options = dict(OPTIONS[option], reduction=reduction, chunk_size=(4, 64))
+    _check(rng, options, masked=True)
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_every_reduction_with_and_without_where(reduction, rng):
     x, w, labels, where = _data(rng, masked=True)
@@ -123,15 +135,19 @@ def test_any_chunk_size_gives_the_same_loss(rng):
     )
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_half_precision_inputs(dtype, rng):
+def test_half_precision_inputs(dtype, reduction, rng):
     # The loss is float32, the gradients come in the inputs' dtype, within its rounding.
-    _check(rng, dict(OPTIONS["all"], reduction="none", chunk_size=64), dtype=dtype, masked=True)
+    options = dict(OPTIONS["all"], reduction=reduction, chunk_size=(4, 64))
+    _check(rng, options, dtype=dtype, masked=True)
 
 
-def test_float64_inputs_accumulate_in_float64(rng):
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_float64_inputs_accumulate_in_float64(reduction, rng):
     with x64_context(jnp.float64):
-        _check(rng, dict(OPTIONS["all"], reduction="none", chunk_size=64), dtype=jnp.float64)
+        options = dict(OPTIONS["all"], reduction=reduction, chunk_size=(4, 64))
+        _check(rng, options, dtype=jnp.float64, masked=True)
 
 
 def test_mixed_dtypes_promote_and_cast_back(rng):
@@ -225,6 +241,8 @@ ERRORS = [
     (dict(logit_soft_cap=0.0), ValueError, "logit_soft_cap must be None or > 0"),
     (dict(chunk_size=0), ValueError, "chunk_size must be positive"),
     (dict(chunk_size=2.5), TypeError, "chunk_size must be None or an int"),
+    (dict(chunk_size=(4, 0)), ValueError, "chunk_size must be positive"),
+    (dict(axis_name=3), TypeError, "axis_name must be None, a mesh axis name or a tuple"),
 ]
 
 
@@ -255,15 +273,17 @@ def test_forward_mode_is_refused_clearly(rng):
         jax.jvp(lambda x: jaxmm.linear_cross_entropy(x, w, labels), (x,), (x,))
 
 
-def test_transformations(rng):
+@pytest.mark.parametrize("chunk_size", [(2, 64), pytest.param(64, marks=pytest.mark.full)])
+@pytest.mark.parametrize("reduction", ["mean", pytest.param("sum", marks=pytest.mark.full)])
+def test_transformations(reduction, chunk_size, rng):
     x, w, labels, where = _data(rng, masked=True)
-    options = dict(OPTIONS["all"], chunk_size=64)
+    options = dict(OPTIONS["all"], reduction=reduction)
 
-    def ours(x, w, labels):
-        return jaxmm.linear_cross_entropy(x, w, labels, **options)
+    def ours(x, w, labels):  # 1.7: a cotangent other than one reaches the loss
+        return 1.7 * jaxmm.linear_cross_entropy(x, w, labels, chunk_size=chunk_size, **options)
 
     def theirs(x, w, labels):
-        return naive(x, w, labels, **options)
+        return 1.7 * naive(x, w, labels, **options)
 
     for transform in (
         lambda f: jax.jit(jax.value_and_grad(jax.checkpoint(f), argnums=(0, 1))),
@@ -287,10 +307,17 @@ def test_transformations(rng):
 
 def test_the_backward_pass_keeps_no_logits(rng):
     x, w, labels, where = _data(rng, tokens=(64,), vocab=1000)
-    _, vjp = jax.vjp(lambda x, w: jaxmm.linear_cross_entropy(x, w, labels, where=where), x, w)
-    saved = saved_arrays(vjp)
-    # x, w, labels, mask and one log-sum-exp per token; nothing of [tokens, V].
-    assert sorted(a.shape for a in saved) == sorted([(64, D), (D, 1000), (64,), (64,), (64,)])
+
+    def saved(reduction):
+        def loss(x, w):
+            return jaxmm.linear_cross_entropy(x, w, labels, where=where, reduction=reduction)
+
+        return sorted(a.shape for a in saved_arrays(jax.vjp(loss, x, w)[1]))
+
+    # A scalar loss: dX and dW for a unit cotangent, the size of x and w; nothing of [tokens, V].
+    assert saved("mean") == saved("sum") == sorted([(64, D), (D, 1000)])
+    # Per-token losses: x, w, labels, mask and one log-sum-exp per token.
+    assert saved("none") == sorted([(64, D), (D, 1000), (64,), (64,), (64,)])
 
 
 def _temp_bytes(loss, tokens, d, vocab, **options):
@@ -303,22 +330,71 @@ def _temp_bytes(loss, tokens, d, vocab, **options):
     return step.lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
-def test_compiled_temporaries_grow_with_the_chunk_not_the_logits():
-    # Compiled only (nothing runs): the jitted loss and both gradients.
-    tokens, d = 2048, 128
-    logits = {v: 4 * tokens * v for v in (8192, 32768)}
-    ours = {
-        v: _temp_bytes(jaxmm.linear_cross_entropy, tokens, d, v, chunk_size=512) for v in logits
-    }
-    theirs = {v: _temp_bytes(naive, tokens, d, v) for v in logits}
-    for v, logit_bytes in logits.items():
-        assert theirs[v] >= logit_bytes  # autodiff keeps the logits (and their gradient)
-        assert ours[v] <= 0.2 * logit_bytes
-    assert ours[32768] == ours[8192]  # four times the vocabulary, the same temporaries
-    chunk_bytes = 4 * tokens * 512
-    assert ours[32768] <= 8 * chunk_bytes + 4 * tokens * d
-    bigger_chunk = _temp_bytes(jaxmm.linear_cross_entropy, tokens, d, 32768, chunk_size=2048)
-    assert ours[32768] < bigger_chunk <= 0.2 * logits[32768]
+def _summed(reduction):
+    """The loss as a scalar to differentiate: per-token losses summed with random weights."""
+
+    def loss(x, w, labels, **options):
+        losses = jaxmm.linear_cross_entropy(x, w, labels, reduction=reduction, **options)
+        if reduction != "none":
+            return 1.7 * losses  # a non-unit cotangent reaches the loss
+        return jnp.sum(losses * jnp.linspace(0.5, 2.0, losses.shape[0]))
+
+    return loss
+
+
+@pytest.mark.parametrize("reduction", ["mean", pytest.param("sum", marks=pytest.mark.full), "none"])
+def test_compiled_temporaries_are_a_fixed_block_whatever_the_vocabulary(reduction):
+    # Compiled only (nothing runs): the jitted loss and both gradients. By default a tile holds
+    # its whole row of logits, BLOCK_ELEMENTS of them: 2^22 / V tokens.
+    tokens, d, block = 8192, 256, 4 * BLOCK_ELEMENTS
+    loss = _summed(reduction)
+    ours = {v: _temp_bytes(loss, tokens, d, v) for v in (8192, 32768, 131072)}
+    # A tile's row and chunk-sized blocks; the recomputing backward's blocks and dX's rows.
+    for v, temp in ours.items():
+        assert temp <= (2 if reduction != "none" else 6) * block, (v, temp)
+    if reduction != "none":  # 0.025 of the logits at 32768, whatever V
+        assert ours[32768] <= 0.03 * 4 * tokens * 32768
+        assert ours[131072] <= ours[32768]
+    assert _temp_bytes(naive, tokens, d, 8192) >= 4 * tokens * 8192  # autodiff keeps the logits
+    # Smaller blocks, smaller temporaries (the differentiated scalar loss's rows stay whole).
+    smaller = _temp_bytes(loss, tokens, d, 32768, chunk_size=(16, 512))
+    assert smaller < ours[32768]
+
+
+def _products(function, *args):
+    """The number of dot_general ops in the lowered program (each loop body once)."""
+    return jax.jit(function).lower(*args).as_text().count("dot_general")
+
+
+@pytest.mark.parametrize("chunk_size", [None, (8, 64)])
+def test_products_per_block(chunk_size, rng):
+    # One product per block undifferentiated; a scalar loss differentiated: the logits, dU Wᵀ and
+    # Xᵀ dU, all in its forward pass (nothing is recomputed); per-token losses: the forward's
+    # product and three in the backward pass, which recomputes the logits.
+    x, w, labels, _ = _data(rng, tokens=(40,))
+    options = dict(chunk_size=chunk_size)
+    for reduction, undifferentiated, differentiated, backward in (
+        ("mean", 1, 3, 0),
+        ("sum", 1, 3, 0),
+        ("none", 1, 4, 3),
+    ):
+        loss = _summed(reduction)
+        assert _products(partial(loss, **options), x, w, labels) == undifferentiated
+        step = jax.value_and_grad(partial(loss, **options), argnums=(0, 1))
+        assert _products(step, x, w, labels) == differentiated, reduction
+        # The backward pass alone: a scalar's scales the kept dX and dW, no product.
+        _, pullback = jax.vjp(lambda x, w: loss(x, w, labels, **options), x, w)
+        jaxpr = str(jax.make_jaxpr(pullback)(jnp.float32(0.3)))
+        assert jaxpr.count("dot_general") == backward, reduction
+
+
+def test_a_gradient_not_asked_for_is_not_computed(rng):
+    # The forward pass forms dX and dW; under jit XLA drops the product of the one not returned
+    # (counted in the compiled program: the logits, and dU Wᵀ or Xᵀ dU).
+    x, w, labels, _ = _data(rng, tokens=(40,))
+    for argnums, products in ((0, 2), (1, 2), ((0, 1), 3)):
+        step = jax.jit(jax.grad(jaxmm.linear_cross_entropy, argnums=argnums))
+        assert step.lower(x, w, labels).compile().as_text().count(" dot(") == products, argnums
 
 
 class _LanguageModel(nnx.Module):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax import lax
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
@@ -123,3 +124,99 @@ def test_auto_sharding_gives_the_same_values():
             x, w_host, labels_host
         )
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ours, ref)
+
+
+def test_explicitly_sharded_arguments_need_no_mesh_context():
+    # The arrays carry their mesh: no jax.set_mesh around the call.
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    rng = np.random.default_rng(3)
+    x_host = rng.standard_normal((BATCH, SEQUENCE, D), dtype=np.float32)
+    w_host = rng.standard_normal((D, V), dtype=np.float32) / 2
+    labels_host = rng.integers(0, V, (BATCH, SEQUENCE)).astype(np.int32)
+    x = jax.device_put(x_host, jax.NamedSharding(mesh, P("data", None, None)))
+    w = jax.device_put(w_host, jax.NamedSharding(mesh, P(None, "model")))
+    step = jax.jit(jax.value_and_grad(jaxmm.linear_cross_entropy, argnums=(0, 1)))
+    value, grads = step(x, w, labels_host)
+    ref_value, ref_grads = jax.value_and_grad(naive, argnums=(0, 1))(x_host, w_host, labels_host)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for grad, ref_grad in zip(grads, ref_grads):
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_axis_name_inside_a_callers_shard_map(reduction):
+    # The caller's shard_map: tokens over "data" (2 devices), w's columns over "model" (4).
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    rng = np.random.default_rng(4)
+    tokens = BATCH * SEQUENCE
+    x = rng.standard_normal((tokens, D), dtype=np.float32)
+    w = rng.standard_normal((D, V), dtype=np.float32) / 2
+    labels = rng.integers(0, V, tokens).astype(np.int32)
+    where = rng.random(tokens) < 0.8
+    where[:: tokens // 2] = True  # every "data" device keeps some token
+    weights = rng.uniform(0.5, 2.0, tokens).astype(np.float32)  # per-token cotangents
+    options = dict(label_smoothing=0.1, z_loss=1e-3, logit_soft_cap=5.0, reduction=reduction)
+
+    def per_device(x, w, labels, where):
+        loss = jaxmm.linear_cross_entropy(
+            x, w, labels, where=where, axis_name="model", chunk_size=(3, 48), **options
+        )
+        return loss if reduction == "none" else lax.psum(loss, "data")
+
+    sharded = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(P("data", None), P(None, "model"), P("data"), P("data")),
+        out_specs=P("data") if reduction == "none" else P(),
+    )
+
+    def scalar(loss):
+        def total(x, w, *vectors):
+            value = loss(x, w, *vectors)
+            return jnp.sum(value * weights) if reduction == "none" else 1.7 * value
+
+        return total
+
+    def reference(x, w):
+        if reduction == "mean":  # the mean of each "data" device's own mean, summed
+            halves = [slice(0, tokens // 2), slice(tokens // 2, tokens)]
+            return sum(naive_with_where(x[h], w, labels[h], where[h], options) for h in halves)
+        return naive_with_where(x, w, labels, where, options)
+
+    step = jax.jit(jax.value_and_grad(scalar(sharded), (0, 1)))
+    with jax.set_mesh(mesh):
+        arguments = [
+            jax.device_put(x, P("data", None)),
+            jax.device_put(w, P(None, "model")),
+            jax.device_put(labels, P("data")),
+            jax.device_put(where, P("data")),
+        ]
+        value, grads = step(*arguments)
+        compiled = step.lower(*arguments).compile()
+    ref_value, ref_grads = jax.value_and_grad(scalar(reference), (0, 1))(x, w)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for grad, ref_grad in zip(grads, ref_grads):
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+    # Per-token numbers (of a tile or of all local tokens), dX and dW: never w or logits.
+    local = tokens // 2
+    allowed = {(), (3,), (local,), (local, D), (D, V // 4)}
+    collectives = _collectives(compiled)
+    assert any(kind == "all-reduce" for kind, _ in collectives)
+    for kind, shapes in collectives:
+        assert kind == "all-reduce", (kind, shapes)
+        assert set(shapes) <= allowed, (kind, shapes, allowed)
+
+
+def naive_with_where(x, w, labels, where, options):
+    z = jnp.matmul(x, w, preferred_element_type=jnp.float32)
+    cap = options["logit_soft_cap"]
+    z = cap * jnp.tanh(z / cap)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, V), options["label_smoothing"])
+    losses = optax.softmax_cross_entropy(z, targets)
+    losses = losses + options["z_loss"] * jax.nn.logsumexp(z, axis=-1) ** 2
+    losses = jnp.where(where, losses, 0.0)
+    if options["reduction"] == "none":
+        return losses
+    total = jnp.sum(losses)
+    return total / jnp.sum(where) if options["reduction"] == "mean" else total
