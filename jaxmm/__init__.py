@@ -10,6 +10,7 @@ in vocabulary chunks without ever holding the logits.
 """
 
 from . import testing as testing
+from ._clipping import clipped_grad as clipped_grad
 from ._cross_entropy import linear_cross_entropy as linear_cross_entropy
 from ._dot_general import dot_general as dot_general
 from ._einsum import einsum as einsum
@@ -26,6 +27,7 @@ from ._vectorized import vecmat as vecmat
 __version__ = "0.1.0"
 
 __all__ = [
+    "clipped_grad",
     "dot",
     "dot_general",
     "einsum",

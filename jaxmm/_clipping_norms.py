@@ -1,0 +1,269 @@
+"""Per-example squared gradient norms read off the backward pass of a traced program.
+
+This module finds, in the traced per-example program (a jaxpr), the matrix products one of whose
+operands is a parameter, and evaluates the program again with each such product replaced by a
+``jax.custom_vjp`` product whose backward rule returns, besides the ordinary cotangent of the
+other operand, the example's squared norm of the parameter's gradient (the derivation is in
+:func:`parameter_norm_sq`). Every other parameter is fed in once per example, so that its
+per-example gradient comes out of the same backward pass. Nothing here forms the gradient of a
+product's parameter for all examples at once.
+
+Which parameters are read off a product
+---------------------------------------
+A parameter leaf is *tapped* when the traced program, with every ``jit`` inlined, uses it exactly
+once, as an operand of a ``dot_general`` (``lax``'s or jaxmm's), possibly after relabelling its
+entries (reshape, transpose, a same-dtype cast, a size-preserving broadcast), and the product's
+other operand is not itself a parameter. Its gradient is then that product's operand cotangent,
+relabelled, which has the same norm. Any other leaf (a bias, a norm scale, an embedding read by
+a gather, a weight used twice such as a tied embedding and output layer, a weight read inside
+``lax.scan``, ``jax.checkpoint``, ``custom_vjp`` or ``custom_jvp`` bodies) is a *fallback* leaf:
+its exact per-example gradient is formed (``B`` copies of that leaf), so cross terms between its
+uses are right by construction. The choice only changes cost, never the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ._rules import free_axes, lhs_cotangent
+
+_PRODUCTS = ("dot_general", "jaxmm_dot_general")
+_CALLS = ("pjit", "jit", "closed_call", "core_call")
+
+
+def _is_var(atom: Any) -> bool:
+    return not hasattr(atom, "val")  # a Literal carries its value; a Var does not
+
+
+def _read(env: dict[Any, Any], atom: Any) -> Any:
+    return atom.val if not _is_var(atom) else env[atom]
+
+
+def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], taps: Any = None) -> Any:
+    """Evaluate ``jaxpr`` as ``jax.core.eval_jaxpr`` does, inlining ``jit`` calls, and computing
+    the equation at index ``k`` as ``taps[k](lhs, rhs)`` where ``taps`` has it."""
+    env: dict[Any, Any] = {}
+    for var, value in zip(jaxpr.constvars, consts):
+        env[var] = value
+    for var, value in zip(jaxpr.invars, args):
+        env[var] = value
+    for index, eqn in enumerate(jaxpr.eqns):
+        invals = [_read(env, atom) for atom in eqn.invars]
+        if taps is not None and index in taps:
+            outvals = [taps[index](*invals)]
+        elif eqn.primitive.name in _CALLS and "jaxpr" in eqn.params:
+            inner = eqn.params["jaxpr"]
+            inner_jaxpr = getattr(inner, "jaxpr", inner)
+            outvals = evaluate(inner_jaxpr, getattr(inner, "consts", ()), invals)
+        else:
+            params = eqn.primitive.get_bind_params(eqn.params)
+            # JAX < 0.9 returns (subfuns, params), later JAX the params with the subfuns in them.
+            subfuns, params = params if isinstance(params, tuple) else ((), params)
+            with eqn.ctx.manager:
+                out = eqn.primitive.bind(*subfuns, *invals, **params)
+            outvals = out if eqn.primitive.multiple_results else [out]
+        for var, value in zip(eqn.outvars, outvals):
+            env[var] = value
+    return [_read(env, atom) for atom in jaxpr.outvars]
+
+
+def inlined_jaxpr(fun: Any, *avals: Any) -> Any:
+    """The closed jaxpr of ``fun`` at ``avals`` with every ``jit`` call inlined (flat)."""
+    closed = jax.make_jaxpr(fun)(*avals)
+    flat = jax.tree.leaves(avals)
+    return jax.make_jaxpr(lambda *args: evaluate(closed.jaxpr, closed.consts, args))(*flat)
+
+
+def _is_relabel(eqn: Any) -> bool:
+    """Whether ``eqn`` moves its one operand's entries without combining or repeating them."""
+    name = eqn.primitive.name
+    if name in ("reshape", "transpose", "squeeze", "copy", "copy_p", "expand_dims"):
+        return True
+    source, target = eqn.invars[0].aval, eqn.outvars[0].aval
+    if name == "convert_element_type":
+        return bool(source.dtype == target.dtype)
+    if name == "broadcast_in_dim":
+        return bool(math.prod(source.shape) == math.prod(target.shape))
+    return False
+
+
+def find_taps(jaxpr: Any, params: Sequence[Any]) -> tuple[dict[int, int], set[int]]:
+    """``{equation index: operand index}`` of the products whose operand there is a tapped
+    parameter (module docstring), and the indices (into ``params``, the jaxpr's parameter input
+    variables) of the tapped parameters."""
+    uses: dict[Any, list[tuple[int, int]]] = {}
+    for index, eqn in enumerate(jaxpr.eqns):
+        for position, atom in enumerate(eqn.invars):
+            if _is_var(atom):
+                uses.setdefault(atom, []).append((index, position))
+    returned = {atom for atom in jaxpr.outvars if _is_var(atom)}
+    param_set = set(params)
+    taps: dict[int, int] = {}
+    tapped: set[int] = set()
+    for number, param in enumerate(params):
+        var = param
+        while var not in returned and len(uses.get(var, ())) == 1:
+            index, position = uses[var][0]
+            eqn = jaxpr.eqns[index]
+            if eqn.primitive.name in _PRODUCTS:
+                other = eqn.invars[1 - position]
+                other_is_param = _is_var(other) and _traces_to(jaxpr, other, param_set)
+                if not other_is_param and index not in taps:
+                    taps[index] = position
+                    tapped.add(number)
+                break
+            if not _is_relabel(eqn):
+                break
+            var = eqn.outvars[0]
+    return taps, tapped
+
+
+def _traces_to(jaxpr: Any, var: Any, params: set[Any]) -> bool:
+    """Whether ``var`` is a parameter, or computed by relabelling one."""
+    producers = {out: eqn for eqn in jaxpr.eqns for out in eqn.outvars}
+    while var not in params:
+        eqn = producers.get(var)
+        if eqn is None or not _is_relabel(eqn):
+            return False
+        var = eqn.invars[0]
+    return True
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Tap:
+    """One tapped product: its primitive and parameters, and which operand is the parameter."""
+
+    primitive: Any
+    params: dict[str, Any]
+    param_side: int  # 0: lhs, 1: rhs
+
+    def __call__(self, lhs: jax.Array, rhs: jax.Array, probe: jax.Array) -> jax.Array:
+        out: jax.Array = _tapped_product(lhs, rhs, probe, self)
+        return out
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _tapped_product(lhs: jax.Array, rhs: jax.Array, probe: jax.Array, tap: Tap) -> jax.Array:
+    out: jax.Array = tap.primitive.bind(lhs, rhs, **tap.params)
+    return out
+
+
+def _tapped_product_fwd(
+    lhs: jax.Array, rhs: jax.Array, probe: jax.Array, tap: Tap
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    return _tapped_product(lhs, rhs, probe, tap), (lhs, rhs, probe)
+
+
+def _tapped_product_bwd(
+    tap: Tap, residuals: tuple[jax.Array, jax.Array, jax.Array], cotangent: jax.Array
+) -> tuple[jax.Array | None, jax.Array | None, jax.Array]:
+    lhs, rhs, probe = residuals
+    dimensions = _canonical(tap.params["dimension_numbers"])
+    precision = tap.params.get("precision")
+    if tap.param_side == 1:  # the parameter is R: dL as usual, ‖dR‖² by the rule
+        activation_ct = _activation_cotangent(cotangent, lhs, rhs, dimensions, precision, False)
+        norm_sq = parameter_norm_sq(cotangent, lhs, dimensions, precision, probe.dtype, False)
+        return activation_ct, None, norm_sq
+    swapped = (dimensions[0][::-1], dimensions[1][::-1])
+    activation_ct = _activation_cotangent(cotangent, rhs, lhs, swapped, precision, True)
+    norm_sq = parameter_norm_sq(cotangent, rhs, swapped, precision, probe.dtype, True)
+    return None, activation_ct, norm_sq
+
+
+_tapped_product.defvjp(_tapped_product_fwd, _tapped_product_bwd)
+
+
+def _canonical(dimension_numbers: Any) -> Any:
+    (lc, rc), (lb, rb) = dimension_numbers
+    return (tuple(lc), tuple(rc)), (tuple(lb), tuple(rb))
+
+
+def _activation_cotangent(
+    cotangent: jax.Array,
+    activation: jax.Array,
+    param: jax.Array,
+    dimensions: Any,
+    precision: Any,
+    param_free_first: bool,
+) -> jax.Array | None:
+    """The ordinary backward rule of the activation operand (:func:`jaxmm._rules.lhs_cotangent`,
+    written with the activation as ``L``); ``None`` for an operand without a cotangent."""
+    if not jnp.issubdtype(activation.dtype, np.inexact):
+        return None
+    return lhs_cotangent(
+        cotangent,
+        jax.typeof(activation),
+        param,
+        dimensions,
+        precision,
+        None,
+        rhs_free_first=param_free_first,
+    )
+
+
+def parameter_norm_sq(
+    cotangent: jax.Array,
+    activation: jax.Array,
+    dimensions: Any,
+    precision: Any,
+    dtype: Any,
+    param_free_first: bool,
+) -> jax.Array:
+    """``‖dR‖²_F`` for one example, where ``Y[b, i, j] = Σ_c L[b, i, c] R[b, c, j]``, ``L`` is the
+    example's activation and ``dY`` (``cotangent``) its output cotangent.
+
+    The backward rule gives ``dR[b, c, j] = Σ_i dY[b, i, j] L[b, i, c]``. Squaring and summing,
+
+        ‖dR‖² = Σ_{b, c, j} Σ_{i, i'} dY[b, i, j] L[b, i, c] dY[b, i', j] L[b, i', c]
+              = Σ_{b, i, i'} (Σ_c L[b, i, c] L[b, i', c]) · (Σ_j dY[b, i, j] dY[b, i', j])
+              = ⟨K_L, K_dY⟩,
+
+    two Gram matrices over the free axes ``i`` that ``dR`` sums (for ``Y = X W`` with ``X`` of
+    shape ``[T, d]``: ``‖Xᵀ dY‖² = ⟨X Xᵀ, dY dYᵀ⟩``; ``T = 1`` is ``‖x‖² ‖dy‖²``). With ``B``,
+    ``I``, ``C``, ``J`` the sizes of the batch, summed-free, contracting and parameter-free axes,
+    the Gram form costs ``B·I²·(C + J)`` multiply-adds and holds ``B·I²`` numbers; forming
+    ``dR`` and squaring it costs ``B·I·C·J`` and holds ``B·C·J``. The cheaper one is taken.
+
+    Shapes: ``cotangent`` is ``Y``'s (batch, then ``L``'s free, then ``R``'s free axes; ``R``'s
+    first when ``param_free_first``); ``activation`` is ``L``; the result is a scalar of ``dtype``.
+    """
+    (contract, _), (batch, _) = dimensions
+    free = free_axes(activation.ndim, contract, batch)
+    num_batch, num_free = len(batch), len(free)
+    num_param_free = cotangent.ndim - num_batch - num_free
+    if param_free_first:
+        summed_start, param_start = num_batch + num_param_free, num_batch
+    else:
+        summed_start, param_start = num_batch, num_batch + num_free
+    sizes = activation.shape
+    i = math.prod(sizes[axis] for axis in free)
+    c = math.prod(sizes[axis] for axis in contract)
+    j = math.prod(cotangent.shape[param_start : param_start + num_param_free])
+    activation = activation.astype(jnp.promote_types(activation.dtype, dtype))
+    cotangent = cotangent.astype(jnp.promote_types(cotangent.dtype, dtype))
+    y_batch = tuple(range(num_batch))
+    y_free = tuple(range(summed_start, summed_start + num_free))
+    y_param = tuple(range(param_start, param_start + num_param_free))
+    if i * (c + j) <= c * j:
+        gram_activation = lax.dot_general(
+            activation, activation, ((contract, contract), (batch, batch)), precision=precision
+        )
+        gram_cotangent = lax.dot_general(
+            cotangent, cotangent, ((y_param, y_param), (y_batch, y_batch)), precision=precision
+        )
+        total = jnp.sum(gram_activation * gram_cotangent)
+    else:
+        gradient = lax.dot_general(
+            cotangent, activation, ((y_free, free), (y_batch, batch)), precision=precision
+        )
+        total = jnp.sum(gradient * gradient)
+    return total.astype(dtype)

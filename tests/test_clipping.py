@@ -1,0 +1,292 @@
+"""jaxmm.clipped_grad against jax_privacy.clipping.clipped_grad (vmap of grad), option by option
+and model by model, and the structure of what it computes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxmm
+from jaxmm._clipping import _Options
+from jaxmm._clipping_models import transformer_loss, transformer_params
+from jaxmm._clipping_passes import trace
+
+jax_privacy_clipping = pytest.importorskip("jax_privacy.clipping")
+nnx = pytest.importorskip("flax.nnx")
+
+# jax-privacy 2.0 calls optax.global_norm, which optax >= 0.2.6 deprecates (their warning).
+pytestmark = pytest.mark.filterwarnings("ignore:optax.global_norm is deprecated:DeprecationWarning")
+
+TOLERANCE = {jnp.float32: 1e-4, jnp.float64: 1e-10}
+
+
+def _relative_error(got, want):
+    errors = jax.tree.map(
+        lambda g, w: float(jnp.max(jnp.abs(g - w)) / (jnp.max(jnp.abs(w)) + 1e-30)), got, want
+    )
+    return max(jax.tree.leaves(errors), default=0.0)
+
+
+def _compare(fun, args, tolerance=1e-4, **options):
+    got = jax.jit(jaxmm.clipped_grad(fun, **options))(*args)
+    want = jax.jit(jax_privacy_clipping.clipped_grad(fun, **options))(*args)
+    if isinstance(want, tuple):  # (grads, Aux): compare the namedtuples as tuples
+        assert type(got[1]).__name__ == type(want[1]).__name__ == "Aux"
+        assert got[1]._fields == want[1]._fields
+        got, want = (got[0], tuple(got[1])), (want[0], tuple(want[1]))
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert g.shape == w.shape and g.dtype == w.dtype
+    assert _relative_error(got, want) <= tolerance, _relative_error(got, want)
+    return got
+
+
+class MLP(nnx.Module):
+    def __init__(self, rngs, dtype=jnp.float32):
+        kw = dict(dot_general=jaxmm.dot_general, rngs=rngs, param_dtype=dtype, dtype=dtype)
+        self.first = nnx.Linear(8, 32, **kw)
+        self.norm = nnx.LayerNorm(32, rngs=rngs, param_dtype=dtype, dtype=dtype)
+        self.second = nnx.Linear(32, 3, **kw)
+
+    def __call__(self, x):
+        return self.second(jax.nn.gelu(self.norm(self.first(x))))
+
+
+def mlp_case(dtype=jnp.float32, batch=6):
+    graphdef, params = nnx.split(MLP(nnx.Rngs(0), dtype))
+    keys = jax.random.split(jax.random.key(1), 2)
+    x = jax.random.normal(keys[0], (batch, 4, 8), dtype)
+    y = jax.random.normal(keys[1], (batch, 4, 3), dtype)
+
+    def loss(params, x, y):
+        return jnp.mean((nnx.merge(graphdef, params)(x) - y) ** 2)
+
+    return loss, (params, x, y)
+
+
+def transformer_case(dtype=jnp.float32, scan=False, head=False):
+    params = transformer_params(jax.random.key(0), 13, 16, 32, 2, 2, head=head, dtype=dtype)
+    tokens = jax.random.randint(jax.random.key(1), (5, 9), 0, 13)
+    return (lambda p, t: transformer_loss(p, t, scan)), (params, tokens)
+
+
+def jnp_case(dtype=jnp.float32):
+    keys = jax.random.split(jax.random.key(2), 5)
+    params = {
+        "w1": jax.random.normal(keys[0], (8, 16), dtype),
+        "b1": jnp.zeros(16, dtype),
+        "w2": jax.random.normal(keys[1], (16, 4, 2), dtype) / 4,
+    }
+    x = jax.random.normal(keys[2], (7, 3, 8), dtype)
+
+    def loss(p, x):
+        h = jnp.tanh(x @ p["w1"] + p["b1"][None, None])
+        return jnp.sum(jnp.einsum("btd,dhk->bthk", h, p["w2"]) ** 2)
+
+    return loss, (params, x)
+
+
+MODELS = {
+    "mlp_nnx": mlp_case,
+    "transformer": transformer_case,
+    "transformer_scan": lambda dtype: transformer_case(dtype, scan=True),
+    "linear_cross_entropy": lambda dtype: transformer_case(dtype, head=True),
+    "jnp": jnp_case,
+}
+
+
+FULL = pytest.mark.full
+MODEL_CASES = [
+    ("mlp_nnx", jnp.float32),
+    ("transformer", jnp.float32),
+    ("jnp", jnp.float64),
+    pytest.param("mlp_nnx", jnp.float64, marks=FULL),
+    pytest.param("transformer", jnp.float64, marks=FULL),
+    pytest.param("transformer_scan", jnp.float32, marks=FULL),
+    pytest.param("transformer_scan", jnp.float64, marks=FULL),
+    pytest.param("linear_cross_entropy", jnp.float32, marks=FULL),
+    pytest.param("linear_cross_entropy", jnp.float64, marks=FULL),
+    pytest.param("jnp", jnp.float32, marks=FULL),
+]
+
+
+@pytest.mark.parametrize("model, dtype", MODEL_CASES)
+def test_models_match_jax_privacy(model, dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        fun, args = MODELS[model](dtype)
+        options = dict(l2_clip_norm=0.5, return_grad_norms=True, return_values=True)
+        if model in ("mlp_nnx",):
+            options["batch_argnums"] = (1, 2)
+        _compare(fun, args, TOLERANCE[dtype], **options)
+
+
+OPTIONS = {
+    "plain": dict(l2_clip_norm=1.0),
+    "norms_values": dict(l2_clip_norm=1.0, return_values=True, return_grad_norms=True),
+    "has_aux": dict(l2_clip_norm=1.0, has_aux=True, return_grad_norms=True),
+    "group": dict(l2_clip_norm=1.0, keep_batch_dim=False),
+    "rescale": dict(l2_clip_norm=0.3, rescale_to_unit_norm=True),
+    "normalize_by": dict(l2_clip_norm=1.0, normalize_by=6.0),
+    "clip_zero": dict(l2_clip_norm=0.0),
+    "clip_zero_rescale": dict(l2_clip_norm=0.0, rescale_to_unit_norm=True),
+    "clip_inf": dict(l2_clip_norm=jnp.inf),
+    "clip_inf_rescale": dict(l2_clip_norm=jnp.inf, rescale_to_unit_norm=True),
+    "dtype": dict(l2_clip_norm=1.0, dtype=jnp.float16),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_every_option_matches_jax_privacy(name):
+    fun, args = mlp_case()
+    options = dict(OPTIONS[name], batch_argnums=(1, 2))
+    if options.get("has_aux"):
+        plain = fun
+        fun = lambda p, x, y: (plain(p, x, y), {"x": x[:, :1] * 2, "norm": jnp.sum(x)})
+    tolerance = 1e-3 if "dtype" in options else 1e-4
+    _compare(fun, args, tolerance, **options)
+
+
+@pytest.mark.parametrize("nan_safe", [True, False])
+def test_non_finite_examples_as_jax_privacy(nan_safe):
+    fun, (params, x, y) = mlp_case()
+    x = x.at[2, 1, 3].set(jnp.nan).at[4, 0, 0].set(jnp.inf)
+    options = dict(l2_clip_norm=1.0, batch_argnums=(1, 2), nan_safe=nan_safe)
+    got = jaxmm.clipped_grad(fun, return_grad_norms=True, **options)(params, x, y)
+    want = jax_privacy_clipping.clipped_grad(fun, return_grad_norms=True, **options)(params, x, y)
+    np.testing.assert_array_equal(np.isnan(got[1].grad_norms), np.isnan(want[1].grad_norms))
+    for g, w in zip(jax.tree.leaves(got[0]), jax.tree.leaves(want[0])):
+        np.testing.assert_array_equal(np.isfinite(g), np.isfinite(w))
+        np.testing.assert_allclose(np.nan_to_num(g), np.nan_to_num(w), rtol=1e-4, atol=1e-6)
+
+
+def test_padding_jit_and_prng_match_jax_privacy():
+    fun, (params, x, y) = mlp_case()
+
+    def noisy(p, x, y, key):
+        return fun(p, x + 0.1 * jax.random.normal(key, x.shape), y)
+
+    padding = jnp.array([False, True, False, False, True, False])
+    options = dict(l2_clip_norm=0.5, batch_argnums=(1, 2), prng_argnum=3)
+    key = jax.random.key(3)
+    got = jax.jit(jaxmm.clipped_grad(noisy, **options))(
+        params, x, y, key, is_padding_example=padding
+    )
+    want = jax_privacy_clipping.clipped_grad(noisy, **options)(
+        params, x, y, key, is_padding_example=padding
+    )
+    assert _relative_error(got, want) <= 1e-4
+
+
+def test_sensitivity_as_jax_privacy():
+    dp_accounting = pytest.importorskip("dp_accounting")
+    f = lambda p, x: jnp.sum(p * x)
+    for kw in (
+        dict(l2_clip_norm=2.0, normalize_by=4.0),
+        dict(l2_clip_norm=2.0, rescale_to_unit_norm=True),
+    ):
+        got, want = jaxmm.clipped_grad(f, **kw), jax_privacy_clipping.clipped_grad(f, **kw)
+        assert got.l2_norm_bound == want.l2_norm_bound
+        for relation in dp_accounting.NeighboringRelation:
+            assert got.sensitivity(relation) == want.sensitivity(relation)
+
+
+BAD = {
+    "normalize_by": (dict(l2_clip_norm=1.0, normalize_by=0.0), ()),
+    "negative_clip": (dict(l2_clip_norm=-1.0), (jnp.ones(3), jnp.ones((2, 3)))),
+    "overlap": (dict(l2_clip_norm=1.0, argnums=(0, 1)), ()),
+    "empty_batch": (dict(l2_clip_norm=1.0, batch_argnums=()), ()),
+    "negative_argnum": (dict(l2_clip_norm=1.0, argnums=-1), ()),
+    "batch_sizes": (
+        dict(l2_clip_norm=1.0, batch_argnums=(1, 2)),
+        (jnp.ones(3), jnp.ones((3, 2)), jnp.ones((4, 2))),
+    ),
+    "missing_arg": (dict(l2_clip_norm=1.0, batch_argnums=2), (jnp.ones(3), jnp.ones((3, 2)))),
+}
+
+
+def _never_called(*args):
+    raise AssertionError("fun ran before the arguments were checked")
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_arguments_raise_as_jax_privacy(name):
+    options, args = BAD[name]
+    with pytest.raises(ValueError) as ours:
+        jaxmm.clipped_grad(_never_called, **options)(*args)
+    # jax-privacy runs fun before it checks the clip norm, and adds the group axis (IndexError)
+    # before it counts the arguments: the same type (MissingArgumentError is both), the same text.
+    fun = (lambda p, x: jnp.sum(p[None] * x)) if name == "negative_clip" else _never_called
+    with pytest.raises((ValueError, IndexError)) as theirs:
+        jax_privacy_clipping.clipped_grad(fun, **options)(*args)
+    assert isinstance(ours.value, type(theirs.value))
+    if isinstance(theirs.value, ValueError):
+        assert str(ours.value) == str(theirs.value)
+    with pytest.raises(TypeError, match="int32"):
+        jaxmm.clipped_grad(_never_called, l2_clip_norm=1.0)(
+            jnp.ones(3, jnp.int32), jnp.ones((2, 3))
+        )
+
+
+def _tapped_names(fun, args, batch_argnums=1):
+    options = _Options(
+        (0,),
+        True,
+        (batch_argnums,) if isinstance(batch_argnums, int) else batch_argnums,
+        False,
+        True,
+        1.0,
+        False,
+        True,
+        None,
+        None,
+        None,
+    )
+    batch = jax.tree.leaves(args[1])[0].shape[0]
+    traced = trace(fun, options, args, {}, batch)
+    paths = [
+        jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(args[0])[0]
+    ]
+    return {paths[k] for k in traced.tapped}
+
+
+def test_which_parameters_are_read_off_products():
+    fun, args = transformer_case()
+    tapped = _tapped_names(fun, args)
+    names = {"wq", "wk", "wv", "wo", "up", "down"}
+    assert tapped == {f"['layers'][{i}]['{n}']" for i in range(2) for n in names}
+    # the tied embedding (a gather and the output layer), under scan, and inside
+    # linear_cross_entropy's own custom_vjp: exact per-example gradients instead.
+    assert not _tapped_names(*transformer_case(scan=True))
+    assert "['head']" not in _tapped_names(*transformer_case(head=True))
+    fun, args = mlp_case()
+    assert (
+        _tapped_names(fun, args, (1, 2))
+        == {"['first']['kernel'].value", "['second']['kernel'].value"}
+        or len(_tapped_names(fun, args, (1, 2))) == 2
+    )
+
+
+def _per_example_arrays(width, hidden, sequence, batch=8):
+    """Shapes of the compiled clipped step's arrays that hold a [batch, width, hidden] gradient."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    params = {
+        "w": jax.random.normal(keys[0], (width, hidden)),
+        "v": jax.random.normal(keys[1], (hidden, width)),
+    }
+    x = jax.random.normal(keys[2], (batch, sequence, width))
+    loss = lambda p, x: jnp.sum(jaxmm.matmul(jnp.tanh(jaxmm.matmul(x, p["w"])), p["v"]) ** 2)
+    step = jax.jit(jaxmm.clipped_grad(loss, l2_clip_norm=1.0))
+    text = step.lower(params, x).compile().as_text()
+    shapes = (
+        f"[{batch},{width},{hidden}]",
+        f"[{batch},{hidden},{width}]",
+        f"[{batch},1,{width},{hidden}]",
+    )
+    return sum(text.count(s) for s in shapes)
+
+
+def test_no_per_example_gradient_where_the_gram_form_is_cheaper():
+    # T = 4 tokens, 64 x 256 weights: the Gram form ([B, 4, 4]) is taken, no [B, 64, 256] array.
+    assert _per_example_arrays(64, 256, 4) == 0
+    # T = 512 tokens, 16 x 16 weights: forming the [B, 16, 16] gradients is cheaper, and taken.
+    assert _per_example_arrays(16, 16, 512) > 0
