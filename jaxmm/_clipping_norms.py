@@ -8,14 +8,20 @@ other operand, the example's squared norm of the parameter's gradient (the deriv
 per-example gradient comes out of the same backward pass. Nothing here forms the gradient of a
 product's parameter for all examples at once.
 
-Which parameters are read off a product
----------------------------------------
-A parameter leaf is *tapped* when the traced program, with every ``jit`` inlined, uses it exactly
-once, as an operand of a ``dot_general`` (``lax``'s or jaxmm's), possibly after relabelling its
-entries (reshape, transpose, a same-dtype cast, a size-preserving broadcast), and the product's
-other operand is not itself a parameter. Its gradient is then that product's operand cotangent,
-relabelled, which has the same norm. Any other leaf (a bias, a norm scale, an embedding read by
-a gather, a weight used twice such as a tied embedding and output layer, a weight read inside
+Which parameters are read off the backward pass
+-----------------------------------------------
+A parameter leaf is *tapped* when the traced program, with every ``jit`` inlined, uses it only
+in one of these ways, possibly after relabelling its entries (reshape, transpose, a same-dtype
+cast, a size-preserving broadcast):
+
+- once, as an operand of a ``dot_general`` (``lax``'s or jaxmm's) whose other operand is not
+  itself a parameter: its gradient is that operand's cotangent, relabelled, of the same norm;
+- once, as the table of a row gather (``table[tokens]``, an embedding), rule in
+  :mod:`jaxmm._clipping_gather`;
+- once each, as such a gather and then as a 2-D product operand (an embedding tied to the output
+  layer), the cross term between the two included (:mod:`jaxmm._clipping_gather`).
+
+Any other leaf (a bias, a norm scale, a weight used twice by products, a weight read inside
 ``lax.scan``, ``jax.checkpoint``, ``custom_vjp`` or ``custom_jvp`` bodies) is a *fallback* leaf:
 its exact per-example gradient is formed (``B`` copies of that leaf), so cross terms between its
 uses are right by construction. The choice only changes cost, never the result.
@@ -34,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ._clipping_gather import GatherTap, is_row_gather, tied_rows
 from ._rules import free_axes, lhs_cotangent
 
 _PRODUCTS = ("dot_general", "jaxmm_dot_general")
@@ -96,10 +103,10 @@ def _is_relabel(eqn: Any) -> bool:
     return False
 
 
-def find_taps(jaxpr: Any, params: Sequence[Any]) -> tuple[dict[int, int], set[int]]:
-    """``{equation index: operand index}`` of the products whose operand there is a tapped
-    parameter (module docstring), and the indices (into ``params``, the jaxpr's parameter input
-    variables) of the tapped parameters."""
+def find_taps(jaxpr: Any, params: Sequence[Any]) -> tuple[dict[int, Any], set[int]]:
+    """The tapped equations, ``{index: ("product", operand) | ("gather",) | ("tied gather",) |
+    ("tied product", operand, gather index)}`` (module docstring), and the indices (into
+    ``params``, the jaxpr's parameter input variables) of the parameters they read."""
     uses: dict[Any, list[tuple[int, int]]] = {}
     for index, eqn in enumerate(jaxpr.eqns):
         for position, atom in enumerate(eqn.invars):
@@ -107,24 +114,48 @@ def find_taps(jaxpr: Any, params: Sequence[Any]) -> tuple[dict[int, int], set[in
                 uses.setdefault(atom, []).append((index, position))
     returned = {atom for atom in jaxpr.outvars if _is_var(atom)}
     param_set = set(params)
-    taps: dict[int, int] = {}
-    tapped: set[int] = set()
-    for number, param in enumerate(params):
-        var = param
-        while var not in returned and len(uses.get(var, ())) == 1:
-            index, position = uses[var][0]
+
+    def ends(var: Any, relabelled: int) -> list[tuple[str, int, int, int]]:
+        """Where ``var``'s entries end up: (kind, equation, operand, relabel count)."""
+        found = [("other", -1, -1, relabelled)] if var in returned else []
+        for index, position in uses.get(var, ()):
             eqn = jaxpr.eqns[index]
             if eqn.primitive.name in _PRODUCTS:
                 other = eqn.invars[1 - position]
-                other_is_param = _is_var(other) and _traces_to(jaxpr, other, param_set)
-                if not other_is_param and index not in taps:
-                    taps[index] = position
-                    tapped.add(number)
-                break
-            if not _is_relabel(eqn):
-                break
-            var = eqn.outvars[0]
-    return taps, tapped
+                param_pair = _is_var(other) and _traces_to(jaxpr, other, param_set)
+                kind = "other" if param_pair or other is var else "product"
+                found.append((kind, index, position, relabelled))
+            elif position == 0 and is_row_gather(eqn):
+                found.append(("gather", index, position, relabelled))
+            elif _is_relabel(eqn):
+                found.extend(ends(eqn.outvars[0], relabelled + 1))
+            else:
+                found.append(("other", index, position, relabelled))
+        return found
+
+    plan: dict[int, Any] = {}
+    tapped: set[int] = set()
+    for number, param in enumerate(params):
+        found = ends(param, 0)
+        kinds = sorted(kind for kind, *_ in found)
+        if kinds == ["product"]:
+            plan[found[0][1]] = ("product", found[0][2])
+        elif kinds == ["gather"]:
+            plan[found[0][1]] = ("gather",)
+        elif kinds == ["gather", "product"] and param.aval.ndim == 2:
+            gather = next(end for end in found if end[0] == "gather")
+            product = next(end for end in found if end[0] == "product")
+            eqn = jaxpr.eqns[product[1]]
+            operand = eqn.invars[product[2]].aval
+            (contract, _), (batch, _) = _canonical(eqn.params["dimension_numbers"])
+            if gather[3] or gather[1] > product[1] or operand.ndim != 2 or batch:
+                continue  # a relabelled table, the product first, or not a [V, d] operand
+            plan[gather[1]] = ("tied gather",)
+            plan[product[1]] = ("tied product", product[2], gather[1])
+        else:
+            continue
+        tapped.add(number)
+    return plan, tapped
 
 
 def _traces_to(jaxpr: Any, var: Any, params: set[Any]) -> bool:
@@ -140,43 +171,61 @@ def _traces_to(jaxpr: Any, var: Any, params: set[Any]) -> bool:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Tap:
-    """One tapped product: its primitive and parameters, and which operand is the parameter."""
+    """One tapped product: its primitive and parameters, which operand is the parameter, and the
+    gather it is tied to (``None`` if untied)."""
 
     primitive: Any
     params: dict[str, Any]
     param_side: int  # 0: lhs, 1: rhs
+    gather: GatherTap | None = None
 
-    def __call__(self, lhs: jax.Array, rhs: jax.Array, probe: jax.Array) -> jax.Array:
-        out: jax.Array = _tapped_product(lhs, rhs, probe, self)
-        return out
+    def __call__(self, lhs: jax.Array, rhs: jax.Array, probe: jax.Array, link: Any = None) -> Any:
+        return _tapped_product(lhs, rhs, probe, link, self)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _tapped_product(lhs: jax.Array, rhs: jax.Array, probe: jax.Array, tap: Tap) -> jax.Array:
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _tapped_product(
+    lhs: jax.Array, rhs: jax.Array, probe: jax.Array, link: Any, tap: Tap
+) -> jax.Array:
     out: jax.Array = tap.primitive.bind(lhs, rhs, **tap.params)
     return out
 
 
 def _tapped_product_fwd(
-    lhs: jax.Array, rhs: jax.Array, probe: jax.Array, tap: Tap
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
-    return _tapped_product(lhs, rhs, probe, tap), (lhs, rhs, probe)
+    lhs: jax.Array, rhs: jax.Array, probe: jax.Array, link: Any, tap: Tap
+) -> tuple[jax.Array, tuple[Any, ...]]:
+    indices = None if link is None else link[1]
+    return _tapped_product(lhs, rhs, probe, link, tap), (lhs, rhs, probe, indices)
 
 
 def _tapped_product_bwd(
-    tap: Tap, residuals: tuple[jax.Array, jax.Array, jax.Array], cotangent: jax.Array
-) -> tuple[jax.Array | None, jax.Array | None, jax.Array]:
-    lhs, rhs, probe = residuals
+    tap: Tap, residuals: tuple[Any, ...], cotangent: jax.Array
+) -> tuple[Any, Any, jax.Array, Any]:
+    lhs, rhs, probe, indices = residuals
     dimensions = _canonical(tap.params["dimension_numbers"])
     precision = tap.params.get("precision")
-    if tap.param_side == 1:  # the parameter is R: dL as usual, ‖dR‖² by the rule
-        activation_ct = _activation_cotangent(cotangent, lhs, rhs, dimensions, precision, False)
-        norm_sq = parameter_norm_sq(cotangent, lhs, dimensions, precision, probe.dtype, False)
-        return activation_ct, None, norm_sq
-    swapped = (dimensions[0][::-1], dimensions[1][::-1])
-    activation_ct = _activation_cotangent(cotangent, rhs, lhs, swapped, precision, True)
-    norm_sq = parameter_norm_sq(cotangent, rhs, swapped, precision, probe.dtype, True)
-    return None, activation_ct, norm_sq
+    param_free_first = tap.param_side == 0
+    if param_free_first:  # the rule below is written for the parameter as R: swap the roles
+        dimensions = (dimensions[0][::-1], dimensions[1][::-1])
+        lhs, rhs = rhs, lhs
+    activation_ct = _activation_cotangent(
+        cotangent, lhs, rhs, dimensions, precision, param_free_first
+    )
+    norm_sq = parameter_norm_sq(
+        cotangent, lhs, dimensions, precision, probe.dtype, param_free_first
+    )
+    link_ct = None
+    if tap.gather is not None:  # P[k_n] for the tied gather's cross term
+        (_, param_contract), _ = dimensions
+        num_rows = rhs.shape[1 - param_contract[0]]
+        index, kept = tap.gather.rows(indices, num_rows)
+        rows = tied_rows(
+            cotangent.astype(probe.dtype), lhs, dimensions, param_free_first, index, kept
+        )
+        link_ct = (rows, None)
+    if param_free_first:
+        return None, activation_ct, norm_sq, link_ct
+    return activation_ct, None, norm_sq, link_ct
 
 
 _tapped_product.defvjp(_tapped_product_fwd, _tapped_product_bwd)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ._clipping_gather import GatherTap, tapped_gather
 from ._clipping_norms import Tap, evaluate, find_taps, inlined_jaxpr
 
 
@@ -46,7 +48,7 @@ class Traced:
     loss: Callable[[Any, Any], tuple[jax.Array, list[Any]]]
     aux_def: list[Any]
     closed: Any
-    taps: dict[int, int]
+    taps: dict[int, Any]
     tapped: set[int]
 
 
@@ -125,10 +127,21 @@ def clipped_sum(
         for k, value in zip(fallback, fallback_theta):
             values[k] = value
         rules = {}
-        for index, position in taps.items():
+        links: dict[int, Any] = {}  # a tied gather's (channel, indices), for its product
+        for index, role in taps.items():
             eqn = closed.jaxpr.eqns[index]
-            tap = Tap(eqn.primitive, dict(eqn.params), position)
-            rules[index] = lambda lhs, rhs, tap=tap: tap(lhs, rhs, probe)
+            params = dict(eqn.params)
+            if role[0] in ("gather", "tied gather"):
+                gather = GatherTap(eqn.primitive, params, role[0] == "tied gather")
+                rules[index] = partial(_gather, gather, probe, links, index)
+            else:
+                tied = None
+                if role[0] == "tied product":
+                    tied_eqn = closed.jaxpr.eqns[role[2]]
+                    tied = GatherTap(tied_eqn.primitive, dict(tied_eqn.params), True)
+                tap = Tap(eqn.primitive, params, role[1], tied)
+                link = role[2] if tied is not None else None
+                rules[index] = partial(_product, tap, probe, links, link)
         out = evaluate(closed.jaxpr, closed.consts, [*values, *x], rules)
         return out[0], out[1:]
 
@@ -176,11 +189,29 @@ def clipped_sum(
         zeros = [jnp.zeros_like(t, dtype=o.dtype or t.dtype) for t in theta]
         return lax.scan(step, zeros, (xs, padding))
 
+    # The weighted pass in a branch (taken whenever every norm is finite) also keeps the compiler
+    # from running it beside the norm pass: measured, the step's temporaries are 1.2x a
+    # non-private step's this way, 1.9x without the branch (docs/clipping.md).
     grads, norms_out = lax.cond(jnp.all(jnp.isfinite(norms_sq)), weighted, one_by_one, None)
     grads_tree = jax.tree.unflatten(traced.theta_def, grads)
     if o.single:
         grads_tree = grads_tree[0]
     return grads_tree, values, norms_out, jax.tree.unflatten(traced.aux_def[0], aux)
+
+
+def _gather(
+    tap: GatherTap, probe: jax.Array, links: dict[int, Any], index: int, table: Any, indices: Any
+) -> jax.Array:
+    rows, channel = tapped_gather(table, indices, probe, tap)
+    links[index] = (channel, indices)
+    return rows
+
+
+def _product(
+    tap: Tap, probe: jax.Array, links: dict[int, Any], link: int | None, lhs: Any, rhs: Any
+) -> jax.Array:
+    out: jax.Array = tap(lhs, rhs, probe, None if link is None else links[link])
+    return out
 
 
 def _flat(out: tuple[jax.Array, list[Any]]) -> list[Any]:
