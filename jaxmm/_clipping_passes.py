@@ -15,7 +15,8 @@ import numpy as np
 from jax import lax
 
 from ._clipping_gather import GatherTap, tapped_gather
-from ._clipping_norms import Tap, evaluate, find_taps, inlined_jaxpr
+from ._clipping_norms import evaluate, find_taps, inlined_jaxpr
+from ._clipping_rules import Tap
 
 
 def clip_factors(
