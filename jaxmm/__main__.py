@@ -140,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for case, problem in rows:
         print(f"{case.label:<{width}}  {'PASS' if problem is None else 'FAIL: ' + problem}")
     print(f"self-check: {len(rows) - failures} passed, {failures} failed")
+    from . import _clipping_benchmark
+
+    failures += _clipping_benchmark.print_self_check()
 
     results, overheads = [], []
     if not args.no_benchmark:
@@ -204,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cross_entropy: dict[str, Any] = {}
     models: dict[str, Any] = {}
+    clipping: dict[str, Any] = {}
     if not args.no_benchmark:
         from . import _cross_entropy_benchmark, _models_benchmark
 
@@ -214,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "memory": [r.as_dict() for r in memory_rows],
             "steps": [r.as_dict() for r in step_rows],
         }
+        clipping = dict(
+            zip(("memory", "time"), _timed_section(_clipping_benchmark.report, args.quick))
+        )
 
     if args.json:
         with open(args.json, "w") as f:
@@ -236,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "overheads": [o.as_dict() for o in overheads],
                     "linear_cross_entropy": cross_entropy,
                     "models": models,
+                    "clipping": clipping,
                 },
                 f,
                 indent=2,

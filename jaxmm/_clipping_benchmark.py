@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -48,8 +49,19 @@ def steps() -> dict[str, Callable[[Any, jax.Array], Any]]:
     except ImportError:
         found["vmap of grad"] = _vmap_of_grad
     else:
-        found["jax-privacy"] = clipped_grad(transformer_loss, l2_clip_norm=1.0)
+        found["jax-privacy"] = _quiet(clipped_grad(transformer_loss, l2_clip_norm=1.0))
     return found
+
+
+def _quiet(step: Callable[..., Any]) -> Callable[..., Any]:
+    """jax-privacy 2.0 calls ``optax.global_norm``, which newer optax deprecates (a warning)."""
+
+    def quiet(*args: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return step(*args)
+
+    return quiet
 
 
 def _vmap_of_grad(params: Any, tokens: jax.Array) -> Any:
@@ -114,17 +126,26 @@ def self_check() -> list[tuple[str, str | None]]:
     return rows
 
 
-def report(quick: bool) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Print the memory and time tables; return them."""
+def print_self_check() -> int:
+    """Print the self-check rows; return the number of failures."""
+    failures = 0
+    for case, problem in self_check():
+        failures += problem is not None
+        print(f"{case:<32}  {'PASS' if problem is None else 'FAIL: ' + problem}")
+    return failures
+
+
+def report(quick: bool) -> tuple[list[dict[str, Any]], dict[str, float], str]:
+    """The memory and time tables (rows, times, printed table), for ``python -m jaxmm``."""
     rows = memory(quick)
     names = [name for name in rows[0] if name != "case"]
-    print("\nper-example clipping: compiled temporaries, MiB (ratio to non-private)")
-    print(f"{'case':<18}" + "".join(f" {name:>22}" for name in names))
+    lines = ["per-example clipping: compiled temporaries, MiB (ratio to non-private)"]
+    lines.append(f"{'case':<18}" + "".join(f" {name:>22}" for name in names))
     for row in rows:
         cells = [f"{row[n]:9.0f} ({row[n] / row['non-private']:5.2f}x)" for n in names]
-        print(f"{row['case']:<18}" + "".join(f" {c:>22}" for c in cells))
+        lines.append(f"{row['case']:<18}" + "".join(f" {c:>22}" for c in cells))
     times = timing(quick)
-    print(f"\nper-example clipping: step time, {TIME_CASE[0]}, ms (ratio to non-private)")
+    lines.append(f"per-example clipping: step time, {TIME_CASE[0]}, ms (ratio to non-private)")
     for name, ms in times.items():
-        print(f"{name:<22} {ms:9.2f} ({ms / times['non-private']:5.2f}x)")
-    return rows, times
+        lines.append(f"{name:<22} {ms:9.2f} ({ms / times['non-private']:5.2f}x)")
+    return rows, times, "\n".join(lines)

@@ -318,3 +318,17 @@ def test_no_per_example_gradient_where_the_gram_form_is_cheaper():
     assert _per_example_arrays(64, 256, 4) == 0
     # T = 512 tokens, 16 x 16 weights: forming the [B, 16, 16] gradients is cheaper, and taken.
     assert _per_example_arrays(16, 16, 512) > 0
+
+
+@pytest.mark.full
+def test_dp_sgd_example_trains_and_accounts():
+    pytest.importorskip("dp_accounting")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "dp_sgd.py"
+    spec = importlib.util.spec_from_file_location("dp_sgd", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    epsilon = module.main()
+    assert 0 < epsilon < 20
