@@ -17,6 +17,7 @@ nnx = pytest.importorskip("flax.nnx")
 # jax-privacy 2.0 calls optax.global_norm, which optax >= 0.2.6 deprecates (their warning).
 pytestmark = pytest.mark.filterwarnings("ignore:optax.global_norm is deprecated:DeprecationWarning")
 
+FULL = pytest.mark.full
 TOLERANCE = {jnp.float32: 1e-4, jnp.float64: 1e-10}
 
 
@@ -42,8 +43,10 @@ def _compare(fun, args, tolerance=1e-4, **options):
 
 
 class MLP(nnx.Module):
-    def __init__(self, rngs, dtype=jnp.float32):
-        kw = dict(dot_general=jaxmm.dot_general, rngs=rngs, param_dtype=dtype, dtype=dtype)
+    """Linear, LayerNorm, GELU, Linear; jaxmm's products, or Flax's own (lax) ones."""
+
+    def __init__(self, rngs, dtype=jnp.float32, dot_general=jaxmm.dot_general):
+        kw = dict(dot_general=dot_general, rngs=rngs, param_dtype=dtype, dtype=dtype)
         self.first = nnx.Linear(8, 32, **kw)
         self.norm = nnx.LayerNorm(32, rngs=rngs, param_dtype=dtype, dtype=dtype)
         self.second = nnx.Linear(32, 3, **kw)
@@ -52,8 +55,8 @@ class MLP(nnx.Module):
         return self.second(jax.nn.gelu(self.norm(self.first(x))))
 
 
-def mlp_case(dtype=jnp.float32, batch=6):
-    graphdef, params = nnx.split(MLP(nnx.Rngs(0), dtype))
+def mlp_case(dtype=jnp.float32, batch=6, dot_general=jaxmm.dot_general):
+    graphdef, params = nnx.split(MLP(nnx.Rngs(0), dtype, dot_general))
     keys = jax.random.split(jax.random.key(1), 2)
     x = jax.random.normal(keys[0], (batch, 4, 8), dtype)
     y = jax.random.normal(keys[1], (batch, 4, 3), dtype)
@@ -64,8 +67,8 @@ def mlp_case(dtype=jnp.float32, batch=6):
     return loss, (params, x, y)
 
 
-def transformer_case(dtype=jnp.float32, scan=False, head=False):
-    params = transformer_params(jax.random.key(0), 13, 16, 32, 2, 2, head=head, dtype=dtype)
+def transformer_case(dtype=jnp.float32, scan=False, head=False, layers=2):
+    params = transformer_params(jax.random.key(0), 13, 16, 32, layers, 2, head=head, dtype=dtype)
     tokens = jax.random.randint(jax.random.key(1), (5, 9), 0, 13)
     return (lambda p, t: transformer_loss(p, t, scan)), (params, tokens)
 
@@ -88,19 +91,21 @@ def jnp_case(dtype=jnp.float32):
 
 MODELS = {
     "mlp_nnx": mlp_case,
-    "transformer": transformer_case,
+    "mlp_nnx_lax": lambda dtype: mlp_case(dtype, dot_general=jax.lax.dot_general),
+    "transformer": lambda dtype: transformer_case(dtype, layers=1),
     "transformer_scan": lambda dtype: transformer_case(dtype, scan=True),
     "linear_cross_entropy": lambda dtype: transformer_case(dtype, head=True),
     "jnp": jnp_case,
 }
 
 
-FULL = pytest.mark.full
 MODEL_CASES = [
     ("mlp_nnx", jnp.float32),
+    ("mlp_nnx_lax", jnp.float32),
     ("transformer", jnp.float32),
     ("jnp", jnp.float64),
     pytest.param("mlp_nnx", jnp.float64, marks=FULL),
+    pytest.param("mlp_nnx_lax", jnp.float64, marks=FULL),
     pytest.param("transformer", jnp.float64, marks=FULL),
     pytest.param("transformer_scan", jnp.float32, marks=FULL),
     pytest.param("transformer_scan", jnp.float64, marks=FULL),
@@ -115,7 +120,7 @@ def test_models_match_jax_privacy(model, dtype):
     with jax.enable_x64(dtype == jnp.float64):
         fun, args = MODELS[model](dtype)
         options = dict(l2_clip_norm=0.5, return_grad_norms=True, return_values=True)
-        if model in ("mlp_nnx",):
+        if model.startswith("mlp_nnx"):
             options["batch_argnums"] = (1, 2)
         _compare(fun, args, TOLERANCE[dtype], **options)
 
@@ -135,7 +140,12 @@ OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("name", list(OPTIONS))
+OPTIONS_FULL = ("normalize_by", "clip_zero", "clip_inf_rescale", "clip_inf", "dtype")
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=FULL) if n in OPTIONS_FULL else n for n in OPTIONS]
+)
 def test_every_option_matches_jax_privacy(name):
     fun, args = mlp_case()
     options = dict(OPTIONS[name], batch_argnums=(1, 2))
@@ -146,7 +156,7 @@ def test_every_option_matches_jax_privacy(name):
     _compare(fun, args, tolerance, **options)
 
 
-@pytest.mark.parametrize("nan_safe", [True, False])
+@pytest.mark.parametrize("nan_safe", [True, pytest.param(False, marks=FULL)])
 def test_non_finite_examples_as_jax_privacy(nan_safe):
     fun, (params, x, y) = mlp_case()
     x = x.at[2, 1, 3].set(jnp.nan).at[4, 0, 0].set(jnp.inf)
@@ -260,11 +270,10 @@ def test_which_parameters_are_read_off_products():
     # layer inside linear_cross_entropy's own custom_vjp.
     assert _tapped_names(*transformer_case(scan=True)) == {"['embed']"}
     assert _tapped_names(*transformer_case(head=True)) == layers | {"['embed']"}
-    fun, args = mlp_case()
-    assert _tapped_names(fun, args, (1, 2)) == {
-        "['first']['kernel'].value",
-        "['second']['kernel'].value",
-    }
+    kernels = {"['first']['kernel'].value", "['second']['kernel'].value"}
+    for dot_general in (jaxmm.dot_general, jax.lax.dot_general):  # Flax's own products too
+        fun, args = mlp_case(dot_general=dot_general)
+        assert _tapped_names(fun, args, (1, 2)) == kernels
 
 
 EMBEDDINGS = {
@@ -280,13 +289,15 @@ EMBEDDINGS = {
 }
 
 
-@pytest.mark.parametrize("name", list(EMBEDDINGS))
+@pytest.mark.parametrize(
+    "name", [n if n == "tied" else pytest.param(n, marks=FULL) for n in EMBEDDINGS]
+)
 def test_embedding_norms_equal_vmap_of_grad(name):
     keys = jax.random.split(jax.random.key(0), 2)
     params = {"e": jax.random.normal(keys[0], (7, 3)), "h": jax.random.normal(keys[1], (3, 7))}
     tokens = jnp.array([[1, 2, 1, 5], [0, 0, 0, 6], [3, 4, 5, 6]])
     fun = EMBEDDINGS[name]
-    got = jaxmm.clipped_grad(fun, l2_clip_norm=1.0, return_grad_norms=True)(params, tokens)
+    got = jax.jit(jaxmm.clipped_grad(fun, l2_clip_norm=1.0, return_grad_norms=True))(params, tokens)
     grads = jax.vmap(jax.grad(fun), (None, 0))(params, tokens[:, None])
     leaves = [g.reshape(3, -1) for g in jax.tree.leaves(grads)]
     norms = jnp.sqrt(sum(jnp.sum(g**2, 1) for g in leaves))
