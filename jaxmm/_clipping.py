@@ -4,16 +4,23 @@ A drop-in for ``jax_privacy.clipping.clipped_grad`` (jax-privacy 2.0): same argu
 edge cases and errors, computed in two passes instead of ``vmap`` of ``grad``.
 
 1. **Norms.** The per-example loss ``ℓ_b`` is traced once (for one example, as ``vmap`` would call
-   ``fun``) and evaluated again for the whole batch with each product whose operand is a
-   parameter replaced by a product whose backward rule also returns the example's squared norm of
-   that parameter's gradient, by the Gram identity ``‖Xᵀ dY‖² = ⟨X Xᵀ, dY dYᵀ⟩`` or by forming that
-   one gradient, whichever is cheaper (:mod:`jaxmm._clipping_norms`). Each such product is also
-   given a zero input ``s_b`` per example; the cotangent of ``s_b`` sums over all products (layers,
-   scan steps are fallback, see below) to ``Σ_products ‖∇ℓ_b‖²``. Parameters that are not read by
-   exactly one product (biases, norm scales, gathered embeddings, tied weights) are fed in as one
-   copy per example, so their exact per-example gradients come out of the same pass.
+   ``fun``) and evaluated again for the whole batch with each product that reads a parameter
+   replaced by a product whose backward rule also returns the example's squared norm of that
+   parameter's gradient, by the Gram identity ``‖Xᵀ dY‖² = ⟨X Xᵀ, dY dYᵀ⟩`` or by forming that
+   one layer's gradient, whichever is cheaper (:mod:`jaxmm._clipping_rules`); embedding gathers,
+   and an embedding tied to the output layer, likewise (:mod:`jaxmm._clipping_gather`). Each
+   such product takes one more input, a zero ``s_b`` per example, whose cotangent therefore sums
+   over all of them to the example's squared norm over those parameters. Every other parameter
+   (biases, norm scales, weights read inside ``lax.scan`` or used twice) is fed in as one copy
+   per example, so its exact per-example gradient comes out of the same pass
+   (:mod:`jaxmm._clipping_norms` says which is which).
 2. **Clipped sum.** With ``c_b = min(1, C / ‖∇ℓ_b‖)`` known (held constant), one ordinary backward
    pass of ``Σ_b c_b ℓ_b`` gives ``Σ_b c_b ∇ℓ_b``: the memory of a non-private step.
+
+Why the program is read rather than jaxmm's products switched: the same code then covers jaxmm's
+products and plain ``jnp`` / ``lax`` / Flax ones, needs no hook in the product modules, and which
+operand is a parameter follows from the traced program's data flow, exactly (object identity at
+trace time does not survive ``jit`` staging). Derivations and measurements: docs/clipping.md.
 
 Examples whose gradient is not finite (``nan`` or ``inf`` anywhere) are handled exactly as
 jax-privacy does (``nan_safe``) by a branch taken only then, which forms each example's gradient

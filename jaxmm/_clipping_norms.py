@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 from ._clipping_gather import is_row_gather
 from ._clipping_rules import canonical
@@ -131,6 +132,8 @@ def find_taps(jaxpr: Any, params: Sequence[Any]) -> tuple[dict[int, Any], set[in
     plan: dict[int, Any] = {}
     tapped: set[int] = set()
     for number, param in enumerate(params):
+        if not np.issubdtype(param.aval.dtype, np.floating):
+            continue  # complex parameters: the rules here are written for real ones
         found = ends(param, 0)
         kinds = sorted(kind for kind, *_ in found)
         if kinds == ["product"]:

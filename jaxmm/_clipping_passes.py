@@ -117,7 +117,8 @@ def clipped_sum(
     )
     num_theta = len(theta)
     tapped = traced.tapped
-    norm_dtype = jnp.result_type(jnp.float32, *theta)
+    # Norms are real: float32 at least, float64 for float64 / complex128 parameters.
+    norm_dtype = jnp.finfo(jnp.result_type(jnp.float32, *theta)).dtype
     fallback = [k for k in range(num_theta) if k not in tapped]
 
     def vmap(f: Callable[..., Any], axes: Any) -> Callable[..., Any]:
@@ -157,7 +158,7 @@ def clipped_sum(
     )
     for grad in fallback_grads:
         norms_sq = norms_sq + jnp.sum(jnp.abs(grad.reshape(batch_size, -1)) ** 2, axis=1)
-    grad_dtype = jnp.result_type(*theta)
+    grad_dtype = jnp.finfo(jnp.result_type(*theta)).dtype  # of the norms, as jax-privacy's
     norms = jnp.sqrt(norms_sq)
 
     def weighted(_: Any) -> tuple[Any, jax.Array]:
