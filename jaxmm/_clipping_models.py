@@ -22,12 +22,14 @@ def transformer_params(
     heads: int,
     *,
     head: bool = False,
+    stacked: bool = False,
     dtype: Any = jnp.float32,
 ) -> dict[str, Any]:
     """Parameters: ``embed`` ``(vocab, width)``, ``layers`` (a list of dicts, each of
     ``wq``/``wk``/``wv`` ``(width, heads, width // heads)``, ``wo`` ``(heads, width // heads,
     width)``, ``up`` ``(width, hidden)``, ``down`` ``(hidden, width)``, biases and LayerNorm
-    scales), and, with ``head``, an untied ``head`` ``(width, vocab)``."""
+    scales), and, with ``head``, an untied ``head`` ``(width, vocab)``. With ``stacked``,
+    ``layers`` is one dict of arrays with a leading ``layers`` axis (run under ``lax.scan``)."""
     keys = iter(jax.random.split(key, 8 * layers + 2))
 
     def normal(shape: tuple[int, ...], fan_in: int) -> jax.Array:
@@ -51,6 +53,8 @@ def transformer_params(
                 "norm2": jnp.ones(width, dtype),
             }
         )
+    if stacked:
+        params["layers"] = jax.tree.map(lambda *x: jnp.stack(x), *params["layers"])
     params["final_norm"] = jnp.ones(width, dtype)
     if head:
         params["head"] = normal((width, vocab), width)
@@ -87,11 +91,14 @@ def transformer_layer(h: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
 
 
 def transformer_loss(params: dict[str, Any], tokens: jax.Array, scan: bool = False) -> jax.Array:
-    """Mean next-token cross-entropy of ``tokens`` (integers, shape ``(batch, sequence)``)."""
+    """Mean next-token cross-entropy of ``tokens`` (integers, shape ``(batch, sequence)``); the
+    layers under ``lax.scan`` if ``scan`` (stacked inside) or if they are stacked already."""
     import jaxmm
 
     h = params["embed"][tokens[:, :-1]]
-    if scan:
+    if isinstance(params["layers"], dict):
+        h, _ = lax.scan(lambda h, p: (transformer_layer(h, p), None), h, params["layers"])
+    elif scan:
         stacked = jax.tree.map(lambda *x: jnp.stack(x), *params["layers"])
         h, _ = lax.scan(lambda h, p: (transformer_layer(h, p), None), h, stacked)
     else:

@@ -35,6 +35,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax import lax
 
 from ._clipping_gather import is_row_gather
 from ._clipping_rules import canonical
@@ -62,7 +63,10 @@ def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], taps: Any =
     for index, eqn in enumerate(jaxpr.eqns):
         invals = [_read(env, atom) for atom in eqn.invars]
         if taps is not None and index in taps:
-            outvals = [taps[index](*invals)]
+            out = taps[index](*invals)
+            outvals = out if eqn.primitive.multiple_results else [out]
+        elif eqn.primitive.name == "scan":
+            outvals = evaluate_scan(eqn, invals, None)
         elif eqn.primitive.name in _CALLS and "jaxpr" in eqn.params:
             inner = eqn.params["jaxpr"]
             inner_jaxpr = getattr(inner, "jaxpr", inner)
@@ -77,6 +81,27 @@ def evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], taps: Any =
         for var, value in zip(eqn.outvars, outvals):
             env[var] = value
     return [_read(env, atom) for atom in jaxpr.outvars]
+
+
+def evaluate_scan(eqn: Any, invals: Sequence[Any], taps: Any) -> list[Any]:
+    """A ``scan`` equation as ``lax.scan`` of its body, evaluated by :func:`evaluate` (so that
+    ``jit`` calls in the body are inlined and its tapped products, ``taps``, replaced)."""
+    params, body = eqn.params, eqn.params["jaxpr"]
+    num_consts, num_carry = params["num_consts"], params["num_carry"]
+    consts = list(invals[:num_consts])
+    init, xs = (
+        list(invals[num_consts : num_consts + num_carry]),
+        list(invals[num_consts + num_carry :]),
+    )
+
+    def step(carry: Any, x: Any) -> tuple[Any, Any]:
+        outs = evaluate(body.jaxpr, body.consts, [*consts, *carry, *x], taps)
+        return outs[:num_carry], outs[num_carry:]
+
+    carry, ys = lax.scan(
+        step, init, xs, length=params["length"], reverse=params["reverse"], unroll=params["unroll"]
+    )
+    return [*carry, *ys]
 
 
 def inlined_jaxpr(fun: Any, *avals: Any) -> Any:
@@ -99,10 +124,11 @@ def _is_relabel(eqn: Any) -> bool:
     return False
 
 
-def find_taps(jaxpr: Any, params: Sequence[Any]) -> tuple[dict[int, Any], set[int]]:
+def find_taps(jaxpr: Any, params: Sequence[Any]) -> tuple[dict[int, Any], dict[int, list[int]]]:
     """The tapped equations, ``{index: ("product", operand) | ("gather",) | ("tied gather",) |
-    ("tied product", operand, gather index)}`` (module docstring), and the indices (into
-    ``params``, the jaxpr's parameter input variables) of the parameters they read."""
+    ("tied product", operand, gather index) | ("scan", {body index: role})}`` (module
+    docstring), and ``{parameter: its tapped equations}`` for the tapped parameters (indices into
+    ``params``, the jaxpr's parameter input variables)."""
     uses: dict[Any, list[tuple[int, int]]] = {}
     for index, eqn in enumerate(jaxpr.eqns):
         for position, atom in enumerate(eqn.invars):
@@ -121,6 +147,8 @@ def find_taps(jaxpr: Any, params: Sequence[Any]) -> tuple[dict[int, Any], set[in
                 param_pair = _is_var(other) and _traces_to(jaxpr, other, param_set)
                 kind = "other" if param_pair or other is var else "product"
                 found.append((kind, index, position, relabelled))
+            elif eqn.primitive.name == "scan" and position >= _first_xs(eqn):
+                found.append(("scan", index, position, relabelled))
             elif position == 0 and is_row_gather(eqn):
                 found.append(("gather", index, position, relabelled))
             elif _is_relabel(eqn):
@@ -130,7 +158,7 @@ def find_taps(jaxpr: Any, params: Sequence[Any]) -> tuple[dict[int, Any], set[in
         return found
 
     plan: dict[int, Any] = {}
-    tapped: set[int] = set()
+    tapped: dict[int, list[int]] = {}
     for number, param in enumerate(params):
         if not np.issubdtype(param.aval.dtype, np.floating):
             continue  # complex parameters: the rules here are written for real ones
@@ -140,6 +168,12 @@ def find_taps(jaxpr: Any, params: Sequence[Any]) -> tuple[dict[int, Any], set[in
             plan[found[0][1]] = ("product", found[0][2])
         elif kinds == ["gather"]:
             plan[found[0][1]] = ("gather",)
+        elif kinds == ["scan"]:
+            _, index, position, _ = found[0]
+            body_plan = _scan_taps(jaxpr, jaxpr.eqns[index], position, param_set)
+            if body_plan is None:
+                continue
+            plan.setdefault(index, ("scan", {}))[1].update(body_plan)
         elif kinds == ["gather", "product"] and param.aval.ndim == 2:
             gather = next(end for end in found if end[0] == "gather")
             product = next(end for end in found if end[0] == "product")
@@ -152,8 +186,33 @@ def find_taps(jaxpr: Any, params: Sequence[Any]) -> tuple[dict[int, Any], set[in
             plan[product[1]] = ("tied product", product[2], gather[1])
         else:
             continue
-        tapped.add(number)
+        tapped[number] = [end[1] for end in found]
     return plan, tapped
+
+
+def _first_xs(eqn: Any) -> int:
+    """The operand index of a ``scan``'s first scanned-over (``xs``) input."""
+    return int(eqn.params["num_consts"] + eqn.params["num_carry"])
+
+
+def _scan_taps(jaxpr: Any, eqn: Any, position: int, params: set[Any]) -> dict[int, Any] | None:
+    """The tapped products of a ``scan`` body that read the slices of the parameter scanned over
+    at operand ``position`` (each step a disjoint slice: the gradient's squared norm is the sum
+    over steps), or ``None`` where that parameter is used otherwise in the body."""
+    body = eqn.params["jaxpr"].jaxpr
+    body_params = [
+        body.invars[q]
+        for q, atom in enumerate(eqn.invars)
+        if _is_var(atom) and _traces_to(jaxpr, atom, params)
+    ]
+    body_plan, body_tapped = find_taps(body, body_params)
+    number = body_params.index(body.invars[position])
+    if number not in body_tapped:
+        return None
+    mine = body_tapped[number]
+    if any(body_plan[index][0] not in ("product", "scan") for index in mine):
+        return None
+    return {index: body_plan[index] for index in mine}
 
 
 def _traces_to(jaxpr: Any, var: Any, params: set[Any]) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 
 from ._clipping_gather import GatherTap, tapped_gather
-from ._clipping_norms import evaluate, find_taps, inlined_jaxpr
+from ._clipping_norms import evaluate, evaluate_scan, find_taps, inlined_jaxpr
 from ._clipping_rules import Tap
 
 
@@ -50,7 +50,7 @@ class Traced:
     aux_def: list[Any]
     closed: Any
     taps: dict[int, Any]
-    tapped: set[int]
+    tapped: dict[int, list[int]]
 
 
 def trace(fun: Callable[..., Any], o: Any, args: Any, kwargs: Any, batch_size: int) -> Traced:
@@ -128,22 +128,7 @@ def clipped_sum(
         values = list(theta)
         for k, value in zip(fallback, fallback_theta):
             values[k] = value
-        rules = {}
-        links: dict[int, Any] = {}  # a tied gather's (channel, indices), for its product
-        for index, role in taps.items():
-            eqn = closed.jaxpr.eqns[index]
-            params = dict(eqn.params)
-            if role[0] in ("gather", "tied gather"):
-                gather = GatherTap(eqn.primitive, params, role[0] == "tied gather")
-                rules[index] = partial(_gather, gather, probe, links, index)
-            else:
-                tied = None
-                if role[0] == "tied product":
-                    tied_eqn = closed.jaxpr.eqns[role[2]]
-                    tied = GatherTap(tied_eqn.primitive, dict(tied_eqn.params), True)
-                tap = Tap(eqn.primitive, params, role[1], tied)
-                link = role[2] if tied is not None else None
-                rules[index] = partial(_product, tap, probe, links, link)
+        rules = _rules(closed.jaxpr, taps, probe, {})
         out = evaluate(closed.jaxpr, closed.consts, [*values, *x], rules)
         return out[0], out[1:]
 
@@ -199,6 +184,35 @@ def clipped_sum(
     if o.single:
         grads_tree = grads_tree[0]
     return grads_tree, values, norms_out, jax.tree.unflatten(traced.aux_def[0], aux)
+
+
+def _rules(jaxpr: Any, plan: dict[int, Any], probe: jax.Array, links: dict[int, Any]) -> Any:
+    """``{equation index: what computes it}`` for :func:`evaluate`, of the tapped equations in
+    ``plan`` (:func:`jaxmm._clipping_norms.find_taps`), all reporting to ``probe``; ``links``
+    holds a tied gather's (channel, indices) for its product."""
+    rules: dict[int, Any] = {}
+    for index, role in plan.items():
+        eqn = jaxpr.eqns[index]
+        params = dict(eqn.params)
+        if role[0] == "scan":
+            body_rules = _rules(params["jaxpr"].jaxpr, role[1], probe, links)
+            rules[index] = partial(_scan, eqn, body_rules)
+        elif role[0] in ("gather", "tied gather"):
+            gather = GatherTap(eqn.primitive, params, role[0] == "tied gather")
+            rules[index] = partial(_gather, gather, probe, links, index)
+        else:
+            tied = None
+            if role[0] == "tied product":
+                tied_eqn = jaxpr.eqns[role[2]]
+                tied = GatherTap(tied_eqn.primitive, dict(tied_eqn.params), True)
+            tap = Tap(eqn.primitive, params, role[1], tied)
+            link = role[2] if tied is not None else None
+            rules[index] = partial(_product, tap, probe, links, link)
+    return rules
+
+
+def _scan(eqn: Any, rules: Any, *invals: Any) -> list[Any]:
+    return evaluate_scan(eqn, invals, rules)
 
 
 def _gather(

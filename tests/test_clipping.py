@@ -5,14 +5,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cases import DOT_GENERAL_CASES
 
 import jaxmm
 from jaxmm._clipping import _Options
 from jaxmm._clipping_models import transformer_loss, transformer_params
 from jaxmm._clipping_passes import trace
 
-jax_privacy_clipping = pytest.importorskip("jax_privacy.clipping")
 nnx = pytest.importorskip("flax.nnx")
+
+
+def _peer():
+    """jax-privacy's clipping module (the extra ``jaxmm[privacy]``); the tests that compare with
+    it are skipped without it, those against vmap of grad are not."""
+    return pytest.importorskip("jax_privacy.clipping")
+
 
 # jax-privacy 2.0 calls optax.global_norm, which optax >= 0.2.6 deprecates (their warning).
 pytestmark = pytest.mark.filterwarnings("ignore:optax.global_norm is deprecated:DeprecationWarning")
@@ -30,7 +37,7 @@ def _relative_error(got, want):
 
 def _compare(fun, args, tolerance=1e-4, **options):
     got = jax.jit(jaxmm.clipped_grad(fun, **options))(*args)
-    want = jax.jit(jax_privacy_clipping.clipped_grad(fun, **options))(*args)
+    want = jax.jit(_peer().clipped_grad(fun, **options))(*args)
     if isinstance(want, tuple) and type(want[1]).__name__ == "Aux":  # compare them as tuples
         assert type(got[1]).__name__ == "Aux"
         assert got[1]._fields == want[1]._fields
@@ -67,8 +74,10 @@ def mlp_case(dtype=jnp.float32, batch=6, dot_general=jaxmm.dot_general):
     return loss, (params, x, y)
 
 
-def transformer_case(dtype=jnp.float32, scan=False, head=False, layers=2):
-    params = transformer_params(jax.random.key(0), 13, 16, 32, layers, 2, head=head, dtype=dtype)
+def transformer_case(dtype=jnp.float32, scan=False, head=False, layers=2, stacked=False):
+    params = transformer_params(
+        jax.random.key(0), 13, 16, 32, layers, 2, head=head, stacked=stacked, dtype=dtype
+    )
     tokens = jax.random.randint(jax.random.key(1), (5, 9), 0, 13)
     return (lambda p, t: transformer_loss(p, t, scan)), (params, tokens)
 
@@ -94,6 +103,7 @@ MODELS = {
     "mlp_nnx_lax": lambda dtype: mlp_case(dtype, dot_general=jax.lax.dot_general),
     "transformer": lambda dtype: transformer_case(dtype, layers=1),
     "transformer_scan": lambda dtype: transformer_case(dtype, scan=True),
+    "transformer_stacked": lambda dtype: transformer_case(dtype, stacked=True),
     "linear_cross_entropy": lambda dtype: transformer_case(dtype, head=True),
     "jnp": jnp_case,
 }
@@ -108,6 +118,8 @@ MODEL_CASES = [
     pytest.param("mlp_nnx_lax", jnp.float64, marks=FULL),
     pytest.param("transformer", jnp.float64, marks=FULL),
     pytest.param("transformer_scan", jnp.float32, marks=FULL),
+    ("transformer_stacked", jnp.float32),
+    pytest.param("transformer_stacked", jnp.float64, marks=FULL),
     pytest.param("transformer_scan", jnp.float64, marks=FULL),
     pytest.param("linear_cross_entropy", jnp.float32, marks=FULL),
     pytest.param("linear_cross_entropy", jnp.float64, marks=FULL),
@@ -174,7 +186,7 @@ def test_non_finite_examples_as_jax_privacy(nan_safe):
     x = x.at[2, 1, 3].set(jnp.nan).at[4, 0, 0].set(jnp.inf)
     options = dict(l2_clip_norm=1.0, batch_argnums=(1, 2), nan_safe=nan_safe)
     got = jaxmm.clipped_grad(fun, return_grad_norms=True, **options)(params, x, y)
-    want = jax_privacy_clipping.clipped_grad(fun, return_grad_norms=True, **options)(params, x, y)
+    want = _peer().clipped_grad(fun, return_grad_norms=True, **options)(params, x, y)
     np.testing.assert_array_equal(np.isnan(got[1].grad_norms), np.isnan(want[1].grad_norms))
     for g, w in zip(jax.tree.leaves(got[0]), jax.tree.leaves(want[0])):
         np.testing.assert_array_equal(np.isfinite(g), np.isfinite(w))
@@ -193,9 +205,7 @@ def test_padding_jit_and_prng_match_jax_privacy():
     got = jax.jit(jaxmm.clipped_grad(noisy, **options))(
         params, x, y, key, is_padding_example=padding
     )
-    want = jax_privacy_clipping.clipped_grad(noisy, **options)(
-        params, x, y, key, is_padding_example=padding
-    )
+    want = _peer().clipped_grad(noisy, **options)(params, x, y, key, is_padding_example=padding)
     assert _relative_error(got, want) <= 1e-4
 
 
@@ -206,7 +216,7 @@ def test_sensitivity_as_jax_privacy():
         dict(l2_clip_norm=2.0, normalize_by=4.0),
         dict(l2_clip_norm=2.0, rescale_to_unit_norm=True),
     ):
-        got, want = jaxmm.clipped_grad(f, **kw), jax_privacy_clipping.clipped_grad(f, **kw)
+        got, want = jaxmm.clipped_grad(f, **kw), _peer().clipped_grad(f, **kw)
         assert got.l2_norm_bound == want.l2_norm_bound
         for relation in dp_accounting.NeighboringRelation:
             assert got.sensitivity(relation) == want.sensitivity(relation)
@@ -239,7 +249,7 @@ def test_bad_arguments_raise_as_jax_privacy(name):
     # before it counts the arguments: the same type (MissingArgumentError is both), the same text.
     fun = (lambda p, x: jnp.sum(p[None] * x)) if name == "negative_clip" else _never_called
     with pytest.raises((ValueError, IndexError)) as theirs:
-        jax_privacy_clipping.clipped_grad(fun, **options)(*args)
+        _peer().clipped_grad(fun, **options)(*args)
     assert isinstance(ours.value, type(theirs.value))
     if isinstance(theirs.value, ValueError):
         assert str(ours.value) == str(theirs.value)
@@ -278,8 +288,11 @@ def test_which_parameters_are_read_off_products():
     # the tied embedding (a gather and the output layer's product) is read off both, with the
     # cross term; LayerNorm scales and biases get per-example gradients.
     assert _tapped_names(fun, args) == layers | {"['embed']"}
-    # under lax.scan the layers' stacked weights get per-example gradients; so does the output
-    # layer inside linear_cross_entropy's own custom_vjp.
+    # weights stacked for lax.scan: each step reads its own slice, read off the body's products;
+    # stacked inside the loss (jnp.stack of the layers): per-example gradients; so does the
+    # output layer inside linear_cross_entropy's own custom_vjp.
+    stacked = {f"['layers']['{n}']" for n in ("wq", "wk", "wv", "wo", "up", "down")}
+    assert _tapped_names(*transformer_case(stacked=True)) == stacked | {"['embed']"}
     assert _tapped_names(*transformer_case(scan=True)) == {"['embed']"}
     assert _tapped_names(*transformer_case(head=True)) == layers | {"['embed']"}
     kernels = {"['first']['kernel'].value", "['second']['kernel'].value"}
@@ -366,3 +379,29 @@ def test_compiled_temporaries_near_a_non_private_step():
     assert row["jaxmm.clipped_grad"] <= 1.3 * row["non-private"]
     vmapped = row.get("jax-privacy", row.get("vmap of grad"))
     assert row["jaxmm.clipped_grad"] <= vmapped / 3
+
+
+@pytest.mark.parametrize("side", ["rhs", "lhs"])
+@pytest.mark.parametrize("lhs_shape, rhs_shape, dims", DOT_GENERAL_CASES)
+def test_norms_of_any_dot_general_equal_vmap_of_grad(lhs_shape, rhs_shape, dims, side):
+    """The parameter as either operand of every case of the dot_general table; the example's
+    operand gets the batch axis (keep_batch_dim=False: each example has the table's shape)."""
+    keys = jax.random.split(jax.random.key(5), 2)
+    if side == "lhs":
+        param_shape, example_shape = lhs_shape, rhs_shape
+        product = lambda w, x: jax.lax.dot_general(w, x, dims)
+    else:
+        param_shape, example_shape = rhs_shape, lhs_shape
+        product = lambda w, x: jax.lax.dot_general(x, w, dims)
+    w = jax.random.normal(keys[0], param_shape)
+    xs = jax.random.normal(keys[1], (3, *example_shape))
+    loss = lambda w, x: jnp.sum(jnp.sin(product(w, x)))
+    clipped = jaxmm.clipped_grad(
+        loss, l2_clip_norm=1.0, keep_batch_dim=False, return_grad_norms=True
+    )
+    got = jax.jit(clipped)(w, xs)
+    grads = jax.vmap(jax.grad(loss), (None, 0))(w, xs)
+    norms = jnp.sqrt(jnp.sum(grads.reshape(3, -1) ** 2, axis=1))
+    np.testing.assert_allclose(got[1].grad_norms, norms, rtol=1e-5, atol=1e-6)
+    want = jnp.tensordot(jnp.minimum(1.0, 1.0 / jnp.where(norms > 0, norms, 1.0)), grads, 1)
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
