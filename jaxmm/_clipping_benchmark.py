@@ -17,11 +17,12 @@ import numpy as np
 
 from ._clipping_models import transformer_loss, transformer_params
 
-# (name, vocab, width, hidden, layers, heads, batch, sequence)
+# (name, vocab, width, hidden, layers, heads, batch, sequence[, stacked under lax.scan])
 MEMORY_CASES = {
     True: (("T=32, width 256", 256, 256, 1024, 2, 4, 16, 32),),
     False: (
         ("T=32, width 1024", 256, 1024, 4096, 4, 16, 64, 32),
+        ("same, lax.scan", 256, 1024, 4096, 4, 16, 64, 32, True),
         ("T=512, width 64", 256, 64, 256, 4, 1, 64, 512),
     ),
 }
@@ -29,8 +30,11 @@ TIME_CASE = ("small transformer", 256, 128, 512, 2, 2, 32, 32)
 
 
 def _case(spec: tuple[Any, ...]) -> tuple[Any, jax.Array]:
-    _, vocab, width, hidden, layers, heads, batch, sequence = spec
-    params = transformer_params(jax.random.key(0), vocab, width, hidden, layers, heads)
+    _, vocab, width, hidden, layers, heads, batch, sequence = spec[:8]
+    stacked = len(spec) > 8 and spec[8]
+    params = transformer_params(
+        jax.random.key(0), vocab, width, hidden, layers, heads, stacked=stacked
+    )
     tokens = jax.random.randint(jax.random.key(1), (batch, sequence + 1), 0, vocab)
     return params, tokens
 

@@ -19,12 +19,16 @@ cast, a size-preserving broadcast):
 - once, as the table of a row gather (``table[tokens]``, an embedding), rule in
   :mod:`jaxmm._clipping_gather`;
 - once each, as such a gather and then as a 2-D product operand (an embedding tied to the output
-  layer), the cross term between the two included (:mod:`jaxmm._clipping_gather`).
+  layer), the cross term between the two included (:mod:`jaxmm._clipping_gather`);
+- once, scanned over by ``lax.scan`` (an ``xs`` input: weights stacked along a leading axis),
+  each step's slice used in the body in one of these ways: the steps read disjoint slices, so
+  the squared norm is the sum of the steps' (the body is evaluated by :func:`evaluate_scan`).
 
-Any other leaf (a bias, a norm scale, a weight used twice by products, a weight read inside
-``lax.scan``, ``jax.checkpoint``, ``custom_vjp`` or ``custom_jvp`` bodies) is a *fallback* leaf:
-its exact per-example gradient is formed (``B`` copies of that leaf), so cross terms between its
-uses are right by construction. The choice only changes cost, never the result.
+Any other leaf (a bias, a norm scale, a weight used twice by products, a scan constant read at
+every step, a weight read inside ``jax.checkpoint``, ``cond``, ``custom_vjp`` or ``custom_jvp``
+bodies) is a *fallback* leaf: its exact per-example gradient is formed (``B`` copies of that
+leaf), so cross terms between its uses are right by construction. The choice only changes
+cost, never the result.
 """
 
 from __future__ import annotations
