@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from cases import DOT_GENERAL_CASES
+from jax import lax
 
 import jaxmm
 from jaxmm._clipping import _Options
@@ -118,7 +119,7 @@ MODEL_CASES = [
     pytest.param("mlp_nnx_lax", jnp.float64, marks=FULL),
     pytest.param("transformer", jnp.float64, marks=FULL),
     pytest.param("transformer_scan", jnp.float32, marks=FULL),
-    ("transformer_stacked", jnp.float32),
+    pytest.param("transformer_stacked", jnp.float32, marks=FULL),
     pytest.param("transformer_stacked", jnp.float64, marks=FULL),
     pytest.param("transformer_scan", jnp.float64, marks=FULL),
     pytest.param("linear_cross_entropy", jnp.float32, marks=FULL),
@@ -379,6 +380,32 @@ def test_compiled_temporaries_near_a_non_private_step():
     assert row["jaxmm.clipped_grad"] <= 1.3 * row["non-private"]
     vmapped = row.get("jax-privacy", row.get("vmap of grad"))
     assert row["jaxmm.clipped_grad"] <= vmapped / 3
+
+
+def test_scanned_stacked_layers_equal_vmap_of_grad():
+    keys = jax.random.split(jax.random.key(6), 3)
+    params = {
+        "w": jax.random.normal(keys[0], (3, 8, 8)) / 3,
+        "b": jnp.zeros((3, 8)),
+        "v": jax.random.normal(keys[1], (3, 8, 8)) / 3,
+    }
+    x = jax.random.normal(keys[2], (5, 4, 8))
+
+    def loss(p, x):
+        def layer(h, weights):
+            w, b, v = weights
+            return h + jaxmm.matmul(jnp.tanh(h @ w + b[None, None]), v), None
+
+        return jnp.sum(lax.scan(layer, x, (p["w"], p["b"], p["v"]))[0] ** 2)
+
+    assert _tapped_names(loss, (params, x)) == {"['v']", "['w']"}  # b: per-example gradients
+    got = jax.jit(jaxmm.clipped_grad(loss, l2_clip_norm=50.0, return_grad_norms=True))(params, x)
+    grads = jax.vmap(jax.grad(loss), (None, 0))(params, x[:, None])
+    norms = jnp.sqrt(sum(jnp.sum(g.reshape(5, -1) ** 2, 1) for g in jax.tree.leaves(grads)))
+    np.testing.assert_allclose(got[1].grad_norms, norms, rtol=1e-5)
+    factors = jnp.minimum(1.0, 50.0 / norms)
+    want = jax.tree.map(lambda g: jnp.tensordot(factors, g, 1), grads)
+    assert _relative_error(got[0], want) <= 1e-5
 
 
 @pytest.mark.parametrize("side", ["rhs", "lhs"])
