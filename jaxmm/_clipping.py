@@ -11,8 +11,8 @@ edge cases and errors, computed in two passes instead of ``vmap`` of ``grad``.
    and an embedding tied to the output layer, likewise (:mod:`jaxmm._clipping_gather`). Each
    such product takes one more input, a zero ``s_b`` per example, whose cotangent therefore sums
    over all of them to the example's squared norm over those parameters. Every other parameter
-   (biases, norm scales, weights read inside ``lax.scan`` or used twice) is fed in as one copy
-   per example, so its exact per-example gradient comes out of the same pass
+   (biases, norm scales, weights used twice or read inside ``jax.checkpoint``) is fed in as one
+   copy per example, so its exact per-example gradient comes out of the same pass
    (:mod:`jaxmm._clipping_norms` says which is which).
 2. **Clipped sum.** With ``c_b = min(1, C / ‖∇ℓ_b‖)`` known (held constant), one ordinary backward
    pass of ``Σ_b c_b ℓ_b`` gives ``Σ_b c_b ∇ℓ_b``: the memory of a non-private step.
@@ -163,8 +163,8 @@ def clipped_grad(
     ``‖g_b‖`` is read off one backward pass (Gram matrices of each product's inputs and output
     cotangents, see :mod:`jaxmm._clipping`); ``Σ_b c_b g_b`` is one more ordinary backward pass
     of ``Σ_b c_b ℓ_b``. Products are recognised in the traced program: ``jaxmm``'s and ``jnp`` /
-    ``lax`` ones alike, outside ``lax.scan`` / ``jax.checkpoint`` bodies; other parameters get
-    their exact per-example gradient (docs/clipping.md says which).
+    ``lax`` / Flax ones alike, and weights stacked for ``lax.scan``; other parameters get their
+    exact per-example gradient (docs/clipping.md says which).
 
     Args:
       fun: ``fun(*args) -> loss`` (a scalar), or ``(loss, aux)`` with ``has_aux``.
