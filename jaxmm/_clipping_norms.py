@@ -42,7 +42,7 @@ import numpy as np
 from jax import lax
 
 from ._clipping_gather import is_row_gather
-from ._clipping_rules import canonical
+from ._clipping_rules import product_dimensions
 
 _PRODUCTS = ("dot_general", "jaxmm_dot_general")
 _CALLS = ("pjit", "jit", "closed_call", "core_call")
@@ -183,7 +183,7 @@ def find_taps(jaxpr: Any, params: Sequence[Any]) -> tuple[dict[int, Any], dict[i
             product = next(end for end in found if end[0] == "product")
             eqn = jaxpr.eqns[product[1]]
             operand = eqn.invars[product[2]].aval
-            (contract, _), (batch, _) = canonical(eqn.params["dimension_numbers"])
+            (contract, _), (batch, _) = product_dimensions(eqn.params)
             if gather[3] or gather[1] > product[1] or operand.ndim != 2 or batch:
                 continue  # a relabelled table, the product first, or not a [V, d] operand
             plan[gather[1]] = ("tied gather",)

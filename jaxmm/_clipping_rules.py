@@ -1,7 +1,8 @@
-"""The product that :func:`jaxmm.clipped_grad`'s norm pass puts in place of each product that
-reads a parameter: forward as the product, backward the ordinary cotangent of the other operand
-plus, as the cotangent of a zero per-example input, the example's squared norm of the
-parameter's gradient (:func:`parameter_norm_sq`, derived there)."""
+"""What :func:`jaxmm.clipped_grad`'s norm pass puts after each product that reads a parameter:
+the identity on the product's output, whose backward rule passes the output cotangent ``dY`` on
+unchanged (the product's own rules then give the other operand's cotangent) and returns, as the
+cotangent of a zero per-example input, the example's squared norm of the parameter's gradient
+(:func:`parameter_norm_sq`, derived there)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from ._clipping_gather import GatherTap, tied_rows
-from ._rules import free_axes, lhs_cotangent
+from ._rules import free_axes
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -30,84 +30,69 @@ class Tap:
     gather: GatherTap | None = None
 
     def __call__(self, lhs: jax.Array, rhs: jax.Array, probe: jax.Array, link: Any = None) -> Any:
-        return _tapped_product(lhs, rhs, probe, link, self)
+        """The product, as the traced equation computes it (its own rules give the activation's
+        cotangent; the parameter is not differentiated in this pass), then the identity whose
+        rule reads off ``‖dR‖²``."""
+        out = self.primitive.bind(lhs, rhs, **self.params)
+        activation = rhs if self.param_side == 0 else lhs
+        return _norm_tap(out, activation, probe, link, self)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _tapped_product(
-    lhs: jax.Array, rhs: jax.Array, probe: jax.Array, link: Any, tap: Tap
-) -> jax.Array:
-    out: jax.Array = tap.primitive.bind(lhs, rhs, **tap.params)
+def _norm_tap(out: jax.Array, activation: jax.Array, probe: jax.Array, link: Any, tap: Tap) -> Any:
+    """``out`` itself; its backward rule passes ``dY`` on and returns ``‖dR‖²`` for ``probe``."""
     return out
 
 
-def _tapped_product_fwd(
-    lhs: jax.Array, rhs: jax.Array, probe: jax.Array, link: Any, tap: Tap
+def _norm_tap_fwd(
+    out: jax.Array, activation: jax.Array, probe: jax.Array, link: Any, tap: Tap
 ) -> tuple[jax.Array, tuple[Any, ...]]:
     indices = None if link is None else link[1]
-    return _tapped_product(lhs, rhs, probe, link, tap), (lhs, rhs, probe, indices)
+    return out, (activation, probe, indices)
 
 
-def _tapped_product_bwd(
+def _norm_tap_bwd(
     tap: Tap, residuals: tuple[Any, ...], cotangent: jax.Array
-) -> tuple[Any, Any, jax.Array, Any]:
-    lhs, rhs, probe, indices = residuals
-    dimensions = canonical(tap.params["dimension_numbers"])
-    precision = tap.params.get("precision")
+) -> tuple[jax.Array, None, jax.Array, Any]:
+    activation, probe, indices = residuals
+    dimensions = product_dimensions(tap.params)
+    precision = product_precision(tap.params)
     param_free_first = tap.param_side == 0
     if param_free_first:  # the rule below is written for the parameter as R: swap the roles
         dimensions = (dimensions[0][::-1], dimensions[1][::-1])
-        lhs, rhs = rhs, lhs
-    activation_ct = _activation_cotangent(
-        cotangent, lhs, rhs, dimensions, precision, param_free_first
-    )
     norm_sq = parameter_norm_sq(
-        cotangent, lhs, dimensions, precision, probe.dtype, param_free_first
+        cotangent, activation, dimensions, precision, probe.dtype, param_free_first
     )
     link_ct = None
     if tap.gather is not None:  # P[k_n] for the tied gather's cross term
-        (_, param_contract), _ = dimensions
-        num_rows = rhs.shape[1 - param_contract[0]]
+        (contract, _), _ = dimensions
+        row_axis = 0 if param_free_first else activation.ndim - len(contract)  # P's rows, in dY
+        num_rows = cotangent.shape[row_axis]
         index, kept = tap.gather.rows(indices, num_rows)
         rows = tied_rows(
-            cotangent.astype(probe.dtype), lhs, dimensions, param_free_first, index, kept
+            cotangent.astype(probe.dtype), activation, dimensions, param_free_first, index, kept
         )
         link_ct = (rows, None)
-    if param_free_first:
-        return None, activation_ct, norm_sq, link_ct
-    return activation_ct, None, norm_sq, link_ct
+    return cotangent, None, norm_sq, link_ct
 
 
-_tapped_product.defvjp(_tapped_product_fwd, _tapped_product_bwd)
+_norm_tap.defvjp(_norm_tap_fwd, _norm_tap_bwd)
 
 
-def canonical(dimension_numbers: Any) -> Any:
-    """Dimension numbers as tuples (``jnp`` gives lists)."""
-    (lc, rc), (lb, rb) = dimension_numbers
+def product_dimensions(params: dict[str, Any]) -> Any:
+    """A product equation's dimension numbers, as tuples: ``lax.dot_general``'s parameter
+    ``dimension_numbers`` (lists from ``jnp``), or jaxmm's primitive's ``dimension_numbers`` /
+    ``dimensions`` (the name depends on the jaxmm version)."""
+    numbers = params["dimension_numbers"] if "dimension_numbers" in params else params["dimensions"]
+    (lc, rc), (lb, rb) = numbers
     return (tuple(lc), tuple(rc)), (tuple(lb), tuple(rb))
 
 
-def _activation_cotangent(
-    cotangent: jax.Array,
-    activation: jax.Array,
-    param: jax.Array,
-    dimensions: Any,
-    precision: Any,
-    param_free_first: bool,
-) -> jax.Array | None:
-    """The ordinary backward rule of the activation operand (:func:`jaxmm._rules.lhs_cotangent`,
-    written with the activation as ``L``); ``None`` for an operand without a cotangent."""
-    if not jnp.issubdtype(activation.dtype, np.inexact):
-        return None
-    return lhs_cotangent(
-        cotangent,
-        jax.typeof(activation),
-        param,
-        dimensions,
-        precision,
-        None,
-        rhs_free_first=param_free_first,
-    )
+def product_precision(params: dict[str, Any]) -> Any:
+    """A product equation's precision: a parameter of its own, or in jaxmm's ``options``."""
+    if "options" in params:
+        return params["options"].precision
+    return params.get("precision")
 
 
 def parameter_norm_sq(
