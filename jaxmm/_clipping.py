@@ -5,11 +5,11 @@ edge cases and errors, computed in two passes instead of ``vmap`` of ``grad``.
 
 1. **Norms.** The per-example loss ``ℓ_b`` is traced once (for one example, as ``vmap`` would call
    ``fun``) and evaluated again for the whole batch with each product that reads a parameter
-   replaced by a product whose backward rule also returns the example's squared norm of that
+   followed by an identity whose backward rule returns the example's squared norm of that
    parameter's gradient, by the Gram identity ``‖Xᵀ dY‖² = ⟨X Xᵀ, dY dYᵀ⟩`` or by forming that
    one layer's gradient, whichever is cheaper (:mod:`jaxmm._clipping_rules`); embedding gathers,
    and an embedding tied to the output layer, likewise (:mod:`jaxmm._clipping_gather`). Each
-   such product takes one more input, a zero ``s_b`` per example, whose cotangent therefore sums
+   such identity takes one more input, a zero ``s_b`` per example, whose cotangent therefore sums
    over all of them to the example's squared norm over those parameters. Every other parameter
    (biases, norm scales, weights used twice or read inside ``jax.checkpoint``) is fed in as one
    copy per example, so its exact per-example gradient comes out of the same pass
