@@ -11,6 +11,7 @@ in vocabulary chunks without ever holding the logits.
 
 from . import custom_vjp as custom_vjp
 from . import testing as testing
+from ._clipping import clipped_grad as clipped_grad
 from ._cross_entropy import linear_cross_entropy as linear_cross_entropy
 from ._dot_general import dot_general as dot_general
 from ._einsum import einsum as einsum
@@ -29,6 +30,7 @@ from ._vectorized import vecmat as vecmat
 __version__ = "0.1.0"
 
 __all__ = [
+    "clipped_grad",
     "custom_vjp",
     "dot",
     "dot_general",

@@ -138,10 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "experimental: jaxmm.custom_vjp's vjp, jaxmm.experimental's jvp)"
     )
     print(_selfcheck.table(rows))
+    from . import _clipping_benchmark
+
+    clipping_checks = _clipping_benchmark.self_check()  # clipped_grad against vmap of grad
+    for label, problem in clipping_checks:
+        failures += problem is not None
+        print(f"{label:<32}  {'PASS' if problem is None else 'FAIL: ' + problem}")
     for case, problem in rows:
         if problem is not None:
             print(f"FAIL {case.label}: {problem}")
-    print(f"self-check: {len(rows) - failures} passed, {failures} failed")
+    checks = len(rows) + len(clipping_checks)
+    print(f"self-check: {checks - failures} passed, {failures} failed")
 
     results, overheads = [], []
     if not args.no_benchmark:
@@ -207,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cross_entropy: dict[str, Any] = {}
     models: dict[str, Any] = {}
     ragged: list[dict[str, Any]] = []
+    clipping: dict[str, Any] = {}
     if not args.no_benchmark:
         from . import _cross_entropy_benchmark, _mechanisms_benchmark, _models_benchmark
 
@@ -223,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ragged_rows, _ = _timed_section(_ragged_benchmark.report, args.quick)
         ragged = [r.as_dict() for r in ragged_rows]
+        clipping = dict(
+            zip(("memory", "time"), _timed_section(_clipping_benchmark.report, args.quick))
+        )
 
     if args.json:
         with open(args.json, "w") as f:
@@ -246,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "linear_cross_entropy": cross_entropy,
                     "models": models,
                     "ragged_dot": ragged,
+                    "clipping": clipping,
                 },
                 f,
                 indent=2,

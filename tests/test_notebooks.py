@@ -20,6 +20,7 @@ def test_all_notebooks_are_found():
         "01_derivation.ipynb",
         "02_flax.ipynb",
         "03_benchmarks.ipynb",
+        "04_clipping.ipynb",
     ]
 
 
