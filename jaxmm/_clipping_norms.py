@@ -43,6 +43,7 @@ from jax import lax
 
 from ._clipping_gather import is_row_gather
 from ._clipping_rules import product_dimensions
+from ._compat import scan_counts
 
 _PRODUCTS = ("dot_general", "jaxmm_dot_general")
 _CALLS = ("pjit", "jit", "closed_call", "core_call")
@@ -91,7 +92,7 @@ def evaluate_scan(eqn: Any, invals: Sequence[Any], taps: Any) -> list[Any]:
     """A ``scan`` equation as ``lax.scan`` of its body, evaluated by :func:`evaluate` (so that
     ``jit`` calls in the body are inlined and its tapped products, ``taps``, replaced)."""
     params, body = eqn.params, eqn.params["jaxpr"]
-    num_consts, num_carry = params["num_consts"], params["num_carry"]
+    num_consts, num_carry = scan_counts(params, len(invals))
     consts = list(invals[:num_consts])
     init, xs = (
         list(invals[num_consts : num_consts + num_carry]),
@@ -196,7 +197,7 @@ def find_taps(jaxpr: Any, params: Sequence[Any]) -> tuple[dict[int, Any], dict[i
 
 def _first_xs(eqn: Any) -> int:
     """The operand index of a ``scan``'s first scanned-over (``xs``) input."""
-    return int(eqn.params["num_consts"] + eqn.params["num_carry"])
+    return sum(scan_counts(eqn.params, len(eqn.invars)))
 
 
 def _scan_taps(jaxpr: Any, eqn: Any, position: int, params: set[Any]) -> dict[int, Any] | None:

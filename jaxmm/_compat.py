@@ -149,3 +149,17 @@ def pin_saved_precision(saved: jax.Array) -> jax.Array:
         return saved
     finfo = jax.numpy.finfo(saved.dtype)
     return jax.lax.reduce_precision(saved, exponent_bits=finfo.nexp, mantissa_bits=finfo.nmant)
+
+
+# --- scan's equation parameters (jaxmm.clipped_grad reads traced programs) ----------------------
+#
+# JAX 0.12.1 replaced the ``num_consts`` / ``num_carry`` parameters of a ``scan`` equation by
+# ``ft_in``, a tree of the inputs with one subtree per kind: (constants, carry, scanned). Delete
+# the fallback when jaxmm requires JAX >= 0.12.1.
+def scan_counts(params: dict[str, Any], num_inputs: int) -> tuple[int, int]:
+    """How many of a ``scan`` equation's ``num_inputs`` inputs are constants, and how many carry."""
+    if "num_consts" in params:
+        return int(params["num_consts"]), int(params["num_carry"])
+    # A tree of the inputs, unpacked into its three kinds.
+    consts, carry, _ = params["ft_in"].update(list(range(num_inputs))).unpack()
+    return len(list(consts)), len(list(carry))
