@@ -13,7 +13,13 @@ import pytest
 
 import jaxmm
 from jaxmm import __main__ as cli
-from jaxmm import _benchmark, _cross_entropy_benchmark, _models_benchmark, _selfcheck
+from jaxmm import (
+    _benchmark,
+    _clipping_benchmark,
+    _cross_entropy_benchmark,
+    _models_benchmark,
+    _selfcheck,
+)
 
 ALL_CASES = _selfcheck.cases
 
@@ -91,6 +97,7 @@ def test_self_check_fails_on_a_wrong_matmul(monkeypatch, capsys):
     monkeypatch.setattr(
         _selfcheck, "cases", lambda: [dataclasses.replace(c, ours=wrong) for c in _few_cases()]
     )
+    monkeypatch.setattr(_clipping_benchmark, "self_check", list)  # its own tests check it
     assert cli.main(["--no-benchmark"]) == 1
     printed = capsys.readouterr().out
     # The table marks the cell, and a line names the case (function, shapes, dtype,
@@ -105,6 +112,7 @@ def test_self_check_prints_a_compact_table(monkeypatch, capsys):
     # (Here the first case of each function: the whole self-check runs in the full tier.)
     first = {c.function: c for c in reversed(list(ALL_CASES()))}
     monkeypatch.setattr(_selfcheck, "cases", lambda: list(first.values()))
+    monkeypatch.setattr(_clipping_benchmark, "self_check", list)  # its own tests check it
     with jax.numpy_rank_promotion("allow"):  # as outside the tests: jnp.vecdot broadcasts
         assert cli.main(["--no-benchmark"]) == 0
     printed = capsys.readouterr().out.splitlines()
@@ -190,6 +198,7 @@ def test_plot_without_benchmark_is_refused(tmp_path):
 
 def test_json_with_no_benchmark_writes_the_self_check(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(_selfcheck, "cases", _few_cases)
+    monkeypatch.setattr(_clipping_benchmark, "self_check", list)  # its own tests check it
     out = tmp_path / "self_check.json"
     assert cli.main(["--no-benchmark", "--json", str(out)]) == 0
     results = json.loads(out.read_text())

@@ -309,6 +309,7 @@ def test_group_sizes_get_no_cotangent():
     check_jvp(lambda a: jaxmm.ragged_dot(a, w, sizes), lambda a: lax.ragged_dot(a, w, sizes), x)
 
 
+@pytest.mark.full  # the same functions and checks as test_ragged_dot_derivatives_match_lax
 def test_python_m_jaxmm_self_check_passes():
     from jaxmm import _selfcheck
 
