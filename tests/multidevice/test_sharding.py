@@ -27,9 +27,14 @@ def _count_collectives(compiled) -> int:
     return len(re.findall(COLLECTIVES, compiled.as_text()))
 
 
+# The default primitive and the custom_vjp mechanism (jaxmm.experimental: its own test file).
+MATMULS = {"jaxmm": jaxmm.matmul, "jaxmm.custom_vjp": jaxmm.custom_vjp.matmul}
+
+
+@pytest.mark.parametrize("mechanism", MATMULS)
 @pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_sharded_gradients_match_the_reference(layout, axis_type):
+def test_sharded_gradients_match_the_reference(layout, axis_type, mechanism):
     mesh_shape, axes, x_spec, w_spec, out_spec = LAYOUTS[layout]
     mesh = jax.make_mesh(mesh_shape, axes, axis_types=(axis_type,) * len(axes))
     rng = np.random.default_rng(0)
@@ -47,7 +52,7 @@ def test_sharded_gradients_match_the_reference(layout, axis_type):
     with jax.set_mesh(mesh):
         x = jax.device_put(x_host, NamedSharding(mesh, x_spec))
         w = jax.device_put(w_host, NamedSharding(mesh, w_spec))
-        ours, theirs = step(jaxmm.matmul), step(jnp.matmul)
+        ours, theirs = step(MATMULS[mechanism]), step(jnp.matmul)
         (loss, grads), (ref_loss, ref_grads) = ours(x, w), theirs(x, w)
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
         for grad, ref_grad, primal in zip(grads, ref_grads, (x, w)):
@@ -62,7 +67,8 @@ def test_sharded_gradients_match_the_reference(layout, axis_type):
         assert _count_collectives(compiled[0]) <= _count_collectives(compiled[1])
 
 
-def test_shard_map_data_parallel_step():
+@pytest.mark.parametrize("mechanism", MATMULS)
+def test_shard_map_data_parallel_step(mechanism):
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
     rng = np.random.default_rng(1)
     x = jax.device_put(
@@ -83,7 +89,7 @@ def test_shard_map_data_parallel_step():
 
         return jax.jit(per_device)
 
-    (loss, grad), (ref_loss, ref_grad) = step(jaxmm.matmul)(x, w), step(jnp.matmul)(x, w)
+    (loss, grad), (ref_loss, ref_grad) = step(MATMULS[mechanism])(x, w), step(jnp.matmul)(x, w)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-6)
     # And both equal the gradient of the global loss computed on one device.
