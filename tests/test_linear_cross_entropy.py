@@ -349,11 +349,13 @@ def test_compiled_temporaries_are_a_fixed_block_whatever_the_vocabulary(reductio
     tokens, d, block = 8192, 256, 4 * BLOCK_ELEMENTS
     loss = _summed(reduction)
     ours = {v: _temp_bytes(loss, tokens, d, v) for v in (8192, 32768, 131072)}
-    # A tile's row and chunk-sized blocks; the recomputing backward's blocks and dX's rows.
+    # A tile's row and chunk-sized blocks; the recomputing backward's blocks and dX's rows. (The
+    # XLA of JAX 0.8.0 keeps a little more: 2.1 blocks for "mean" at V = 8192.)
     for v, temp in ours.items():
-        assert temp <= (2 if reduction != "none" else 6) * block, (v, temp)
-    if reduction != "none":  # 0.025 of the logits at 32768, whatever V
-        assert ours[32768] <= 0.03 * 4 * tokens * 32768
+        assert temp <= (2.25 if reduction != "none" else 6) * block, (v, temp)
+    if reduction != "none":  # 0.025 of the logits at 32768, whatever V (0.032 with JAX 0.8.0)
+        share = 0.03 if jax.__version_info__ >= (0, 10) else 0.035
+        assert ours[32768] <= share * 4 * tokens * 32768
         assert ours[131072] <= ours[32768]
     assert _temp_bytes(naive, tokens, d, 8192) >= 4 * tokens * 8192  # autodiff keeps the logits
     # Smaller blocks, smaller temporaries (the differentiated scalar loss's rows stay whole).
